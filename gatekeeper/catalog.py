@@ -1,0 +1,238 @@
+"""Load an intent catalog (one YAML file or a directory of them) into a :class:`Catalog`.
+
+Every problem is reported as a :class:`CatalogProblem` naming the file, the line,
+the field, what is wrong and how to fix it; all problems of a load are collected
+into one :class:`CatalogError` so a user can fix them in one pass.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, ModelSettings
+
+CATALOG_SUFFIXES = (".yaml", ".yml")
+DEFAULT_CATALOG = "intents"
+CATALOG_ENV = "GATEKEEPER_CATALOG"
+
+
+@dataclass(frozen=True)
+class CatalogProblem:
+    """One thing wrong with a catalog, located precisely enough to fix."""
+
+    file: str
+    line: int
+    field: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}"
+        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
+
+
+class CatalogError(Exception):
+    """A catalog could not be loaded; ``problems`` lists every reason."""
+
+    def __init__(self, problems: list[CatalogProblem]):
+        self.problems = problems
+        super().__init__("\n".join(str(problem) for problem in problems))
+
+
+def default_catalog_path() -> str:
+    """The catalog used when ``--catalog`` is not given: ``$GATEKEEPER_CATALOG`` or ``intents/``."""
+    return os.environ.get(CATALOG_ENV, DEFAULT_CATALOG)
+
+
+def catalog_files(path: str | Path) -> list[Path]:
+    """The YAML files that make up the catalog at ``path`` (a file, or a directory's ``*.yaml``)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix in CATALOG_SUFFIXES and p.is_file())
+        if not files:
+            raise CatalogError([CatalogProblem(str(path), 0, "", "the directory holds no .yaml catalog files; "
+                                               "add one, or point --catalog at a catalog file")])
+        return files
+    if not path.exists():
+        raise CatalogError([CatalogProblem(str(path), 0, "", "no such file or directory; pass --catalog PATH "
+                                           f"or set {CATALOG_ENV}")])
+    return [path]
+
+
+def load_catalog(path: str | Path) -> Catalog:
+    """Load and validate the catalog at ``path``, merging a directory's files in name order.
+
+    Raises :class:`CatalogError` listing every problem found.
+    """
+    files = catalog_files(path)
+    problems: list[CatalogProblem] = []
+    parsed: list[tuple[Path, CatalogFile, yaml.Node]] = []
+    for file in files:
+        try:
+            parsed.append(_load_file(file))
+        except CatalogError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise CatalogError(problems)
+    catalog = _merge(Path(path), parsed)
+    return catalog
+
+
+def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:
+    text = file.read_text(encoding="utf-8")
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as error:
+        mark = error.problem_mark or error.context_mark
+        line = mark.line + 1 if mark else 0
+        raise CatalogError([CatalogProblem(
+            str(file), line, "", f"broken YAML syntax: {error.problem or error}; "
+            "check indentation, colons and quotes on this line and the one before")]) from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise CatalogError([CatalogProblem(str(file), 1, "", "a catalog file must be a mapping with keys "
+                                           "such as 'name', 'intents' and 'out_of_scope'")])
+    try:
+        parsed = CatalogFile.model_validate(data)
+    except ValidationError as error:
+        problems = [_problem_from_pydantic(file, root, item) for item in error.errors()]
+        # A union field (threshold: number or 'auto') fails once per branch: report it once.
+        unique = {(problem.line, problem.field): problem for problem in reversed(problems)}
+        raise CatalogError(sorted(unique.values(), key=lambda problem: problem.line)) from None
+    problems = [
+        CatalogProblem(str(file), _line_of(root, ("intents", index)), f"intents[{index}] ({intent.name})",
+                       "the intent has no examples and no description; add examples (user messages) "
+                       "or at least a description so it can be matched zero-shot")
+        for index, intent in enumerate(parsed.intents)
+        if not intent.examples and not intent.description.strip()
+    ]
+    if problems:
+        raise CatalogError(problems)
+    return file, parsed, root
+
+
+def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Catalog:
+    problems: list[CatalogProblem] = []
+    seen: dict[str, tuple[Path, int]] = {}
+    intents = []
+    for file, part, root in parsed:
+        for index, intent in enumerate(part.intents):
+            line = _line_of(root, ("intents", index, "name"))
+            if intent.name in seen:
+                first_file, first_line = seen[intent.name]
+                problems.append(CatalogProblem(
+                    str(file), line, f"intents[{index}].name",
+                    f"duplicate intent '{intent.name}' (first defined at {first_file}:{first_line}); "
+                    "rename one of them or merge their examples"))
+                continue
+            seen[intent.name] = (file, line)
+            intents.append(intent)
+    model = _single_section(parsed, "model", ModelSettings(), problems)
+    defaults = _single_section(parsed, "defaults", Defaults(), problems)
+    if problems:
+        raise CatalogError(problems)
+    names = {part.name for _, part, _ in parsed if part.name}
+    name = names.pop() if len(names) == 1 else (path.stem if path.is_file() else path.resolve().name)
+    return Catalog(
+        name=name, model=model, defaults=defaults, intents=intents,
+        out_of_scope=[text for _, part, _ in parsed for text in part.out_of_scope],
+        sources=[str(file) for file, _, _ in parsed],
+    )
+
+
+def _single_section(parsed: list[tuple[Path, CatalogFile, yaml.Node]], key: str, fallback: BaseModel,
+                    problems: list[CatalogProblem]) -> Any:
+    """The ``model``/``defaults`` section: files of a directory may repeat it only if identical."""
+    chosen: tuple[Path, Any] | None = None
+    for file, part, root in parsed:
+        section = getattr(part, key)
+        if section is None:
+            continue
+        if chosen is None:
+            chosen = (file, section)
+        elif section != chosen[1]:
+            problems.append(CatalogProblem(
+                str(file), _line_of(root, (key,)), key,
+                f"conflicts with the '{key}' section of {chosen[0]}; keep it in one file of the directory "
+                "or make them identical"))
+    return chosen[1] if chosen else fallback
+
+
+def _problem_from_pydantic(file: Path, root: yaml.Node, item: dict[str, Any]) -> CatalogProblem:
+    loc = tuple(item["loc"])
+    field = _field_name(loc)
+    kind = item["type"]
+    if kind == "extra_forbidden":
+        key = str(loc[-1])
+        allowed = _allowed_keys(loc[:-1])
+        guess = difflib.get_close_matches(key, allowed, n=1)
+        hint = f"did you mean '{guess[0]}'?" if guess else f"allowed keys here: {', '.join(allowed)}"
+        message = f"unknown key '{key}'; {hint}"
+    elif kind == "missing":
+        message = "this field is required; add it"
+    elif field.endswith("threshold") and kind in ("float_type", "float_parsing", "int_type", "literal_error"):
+        message = f"must be a number between -1 and 1, or 'auto' (got {item.get('input')!r})"
+    elif kind in ("string_type", "str_type"):
+        message = f"must be a string, got {type(item.get('input')).__name__} {item.get('input')!r}; quote it"
+    elif kind == "value_error":
+        message = str(item["msg"]).removeprefix("Value error, ")
+    elif kind == "string_pattern_mismatch":
+        message = "use letters, digits, '_', '-' or '.' only (e.g. 'bill_inquiry')"
+    else:
+        message = f"{item['msg']} (got {item.get('input')!r})"
+    return CatalogProblem(str(file), _line_of(root, loc), field, message)
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model found at ``loc`` inside a catalog file."""
+    model: type[BaseModel] = CatalogFile
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        annotation = model.model_fields[part].annotation
+        candidates = [annotation, *getattr(annotation, "__args__", ())]
+        for candidate in candidates:
+            inner = [candidate, *getattr(candidate, "__args__", ())]
+            found = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+            if found:
+                model = found[0]
+                break
+    return list(model.model_fields)
+
+
+def _field_name(loc: Iterable[Any]) -> str:
+    name = ""
+    for part in loc:
+        if isinstance(part, int):
+            name += f"[{part}]"
+        elif not str(part).startswith(("function-", "literal[", "union[")) and part not in (
+                "float", "int", "str"):
+            name += f".{part}" if name else str(part)
+    return name
+
+
+def _line_of(root: yaml.Node | None, loc: Iterable[Any]) -> int:
+    """1-based line of the YAML node at ``loc`` (keys and indexes), or of its nearest parent."""
+    node = root
+    line = root.start_mark.line + 1 if root is not None else 1
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = [(k, v) for k, v in node.value if k.value == part]
+            if not match:
+                break
+            key_node, node = match[0]
+            line = key_node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            break
+    return line

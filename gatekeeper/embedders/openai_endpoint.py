@@ -1,0 +1,71 @@
+"""Backend for any OpenAI-compatible ``/v1/embeddings`` endpoint.
+
+Works with OpenAI's text-embedding-3-* and with open models (Qwen3-Embedding,
+bge, e5) served by vLLM, SGLang or TEI. The ``openai`` client supplies timeouts
+and retries with exponential backoff; this module adds batching and checks.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+
+from gatekeeper.embedders.base import EmbeddingError, normalise_rows, query_texts, settings_fingerprint
+
+
+class OpenAIEndpointEmbedder:
+    """Embeddings from a remote OpenAI-compatible server."""
+
+    def __init__(self, base_url: str, model: str, api_key_env: str = "GATEKEEPER_EMBEDDING_API_KEY",
+                 dimensions: int | None = None, query_instruction: str = "", batch_size: int = 64,
+                 timeout_s: float = 30.0, max_retries: int = 3):
+        import openai
+
+        if not base_url or not model:
+            raise EmbeddingError("the openai embedding backend needs model.base_url and model.model "
+                                 "in the catalog (e.g. http://127.0.0.1:8000/v1 and Qwen/Qwen3-Embedding-0.6B)")
+        # Local servers usually take any key; a real key is read from the environment, never the catalog.
+        api_key = os.environ.get(api_key_env) or "unused"
+        self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
+                                     max_retries=max_retries)
+        self._model = model
+        self._dimensions = dimensions
+        self._query_instruction = query_instruction
+        self._batch_size = batch_size
+        self._dim = dimensions
+        self.fingerprint = settings_fingerprint("openai", {
+            "base_url": base_url.rstrip("/"), "model": model, "dimensions": dimensions,
+            "query_instruction": query_instruction})
+
+    @property
+    def dim(self) -> int:
+        """Vector width, asked of the server once if ``dimensions`` was not set."""
+        if self._dim is None:
+            self._dim = int(self.encode(["dimension probe"]).shape[1])
+        return self._dim
+
+    def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
+        """Embed ``texts``; see :meth:`gatekeeper.embedders.base.Embedder.encode`."""
+        import openai
+
+        batch = query_texts(texts, self._query_instruction, is_query)
+        if not batch:
+            return np.zeros((0, self._dim or 0), dtype=np.float32)
+        extra = {"dimensions": self._dimensions} if self._dimensions else {}
+        chunks = []
+        for start in range(0, len(batch), self._batch_size):
+            part = batch[start:start + self._batch_size]
+            try:
+                reply = self._client.embeddings.create(model=self._model, input=part,
+                                                       encoding_format="float", **extra)
+            except openai.OpenAIError as error:
+                raise EmbeddingError(f"embedding endpoint failed: {type(error).__name__}: {error}") from error
+            rows = sorted(reply.data, key=lambda item: item.index)
+            if len(rows) != len(part):
+                raise EmbeddingError(f"embedding endpoint returned {len(rows)} vectors for {len(part)} texts")
+            chunks.append(np.asarray([row.embedding for row in rows], dtype=np.float32))
+        vectors = normalise_rows(np.concatenate(chunks))
+        self._dim = vectors.shape[1]
+        return vectors
