@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, ModelSettings
+from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, Intent, ModelSettings
 
 CATALOG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_CATALOG = "intents"
@@ -134,9 +134,9 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
                     "rename one of them or merge their examples"))
                 continue
             seen[intent.name] = (file, line)
-            intents.append(intent)
+            intents.append(_with_file_defaults(intent, part.defaults))
     model = _single_section(parsed, "model", ModelSettings(), problems)
-    defaults = _single_section(parsed, "defaults", Defaults(), problems)
+    defaults = next((part.defaults for _, part, _ in parsed if part.defaults), Defaults())
     if problems:
         raise CatalogError(problems)
     names = {part.name for _, part, _ in parsed if part.name}
@@ -148,9 +148,21 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
     )
 
 
+def _with_file_defaults(intent: Intent, defaults: Defaults | None) -> Intent:
+    """``intent`` with its file's reject reply and numeric threshold filled in where it sets none."""
+    if defaults is None:
+        return intent
+    update: dict[str, Any] = {}
+    if intent.reject_reply is None:
+        update["reject_reply"] = defaults.reject_reply
+    if intent.threshold is None and defaults.threshold != "auto":
+        update["threshold"] = defaults.threshold
+    return intent.model_copy(update=update) if update else intent
+
+
 def _single_section(parsed: list[tuple[Path, CatalogFile, yaml.Node]], key: str, fallback: BaseModel,
                     problems: list[CatalogProblem]) -> Any:
-    """The ``model``/``defaults`` section: files of a directory may repeat it only if identical."""
+    """A section that must be the same for the whole catalog: files may repeat it only if identical."""
     chosen: tuple[Path, Any] | None = None
     for file, part, root in parsed:
         section = getattr(part, key)

@@ -58,7 +58,11 @@ class RejectReply(_Strict):
 
 
 class Defaults(_Strict):
-    """Catalog-wide settings that an intent may override."""
+    """Settings for the intents of one file, which an intent may override.
+
+    In a directory catalog each file's defaults apply to its own intents, so a
+    bot serving two products can give each its own reject reply.
+    """
 
     threshold: Threshold = "auto"
     reject_reply: RejectReply = RejectReply()
@@ -79,6 +83,9 @@ class Intent(_Strict):
     examples: list[Utterance] = []
     threshold: Union[StrictFloat, StrictInt, None] = None
     tags: list[StrictStr] = []
+    #: The canned reply when a message nearest to this intent is rejected; by default
+    #: the ``defaults.reject_reply`` of the file that declares the intent.
+    reject_reply: RejectReply | None = None
 
     @field_validator("threshold")
     @classmethod

@@ -1,0 +1,95 @@
+"""The FAISS index of topic prototypes: every example, description and out-of-scope example.
+
+Each vector carries the id of its intent (or :data:`OUT_OF_SCOPE` for a negative
+example). Search is exact inner product (cosine, as vectors are unit length)
+below :data:`HNSW_CROSSOVER` prototypes and HNSW above it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+#: Label of an out-of-scope (negative) prototype.
+OUT_OF_SCOPE = -1
+#: Prototype count from which HNSW replaces exact search (see docs/performance.md).
+HNSW_CROSSOVER = 50_000
+HNSW_NEIGHBOURS = 32
+HNSW_EF_SEARCH = 128
+
+_INDEX_FILE = "prototypes.faiss"
+_LABELS_FILE = "prototypes.npz"
+_META_FILE = "meta.json"
+
+
+@dataclass
+class PrototypeIndex:
+    """Unit vectors with an intent id each, searchable by cosine similarity."""
+
+    vectors: np.ndarray
+    labels: np.ndarray
+    faiss_index: faiss.Index
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, labels: np.ndarray, hnsw: bool | None = None) -> "PrototypeIndex":
+        """Index ``vectors`` (n, d) with intent ids ``labels`` (n,).
+
+        ``hnsw`` forces the index type; by default HNSW is used from
+        :data:`HNSW_CROSSOVER` prototypes up.
+        """
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        labels = np.asarray(labels, dtype=np.int32)
+        if len(vectors) != len(labels):
+            raise ValueError(f"{len(vectors)} vectors but {len(labels)} labels")
+        use_hnsw = len(vectors) >= HNSW_CROSSOVER if hnsw is None else hnsw
+        dim = vectors.shape[1]
+        if use_hnsw:
+            index = faiss.IndexHNSWFlat(dim, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
+            index.hnsw.efSearch = HNSW_EF_SEARCH
+        else:
+            index = faiss.IndexFlatIP(dim)
+        index.add(vectors)
+        return cls(vectors=vectors, labels=labels, faiss_index=index)
+
+    @property
+    def kind(self) -> str:
+        """'hnsw' or 'flat'."""
+        return "hnsw" if isinstance(self.faiss_index, faiss.IndexHNSWFlat) else "flat"
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` most similar prototypes of each query: (similarities, prototype ids), both (n, k)."""
+        k = min(k, len(self))
+        return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def save(self, folder: Path, meta: dict) -> None:
+        """Write the index, its labels and ``meta`` (which must hold the build fingerprint) to ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        faiss.write_index(self.faiss_index, str(folder / _INDEX_FILE))
+        np.savez(folder / _LABELS_FILE, vectors=self.vectors, labels=self.labels)
+        # meta.json is written last: a folder without it is an unfinished save and is ignored.
+        (folder / _META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
+
+    @classmethod
+    def load(cls, folder: Path, fingerprint: str) -> "PrototypeIndex | None":
+        """Load the index saved in ``folder`` if it was built for ``fingerprint``; else None (stale or absent)."""
+        meta = read_meta(folder)
+        if meta is None or meta.get("fingerprint") != fingerprint:
+            return None
+        with np.load(folder / _LABELS_FILE) as arrays:
+            vectors, labels = arrays["vectors"], arrays["labels"]
+        return cls(vectors=vectors, labels=labels, faiss_index=faiss.read_index(str(folder / _INDEX_FILE)))
+
+
+def read_meta(folder: Path) -> dict | None:
+    """The metadata of the index saved in ``folder``, or None if there is none."""
+    try:
+        return json.loads((folder / _META_FILE).read_text())
+    except (OSError, ValueError):
+        return None
