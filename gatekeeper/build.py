@@ -1,0 +1,222 @@
+"""Catalog -> embeddings -> prototype index -> fitted scorer, saved on disk and reused until stale.
+
+The saved artifacts carry a fingerprint of the catalog's texts, the embedding
+model and the artifact format; loading with a different fingerprint rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from gatekeeper.catalog_schema import Catalog
+from gatekeeper.embedders.base import Embedder
+from gatekeeper.embedders.cache import EmbeddingCache
+from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
+from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, fit_head,
+                                load_scorer, nearest_similarities, uses_head)
+from gatekeeper.thresholds import threshold_for_false_reject
+
+ARTIFACT_VERSION = 1
+STATE_ENV = "GATEKEEPER_STATE_DIR"
+#: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
+AUTO_FALSE_REJECT = 0.05
+CROSS_FIT_FOLDS = 3
+
+#: Called with (stage, texts done, texts total) while embedding.
+ProgressCallback = Callable[[str, int, int], None]
+
+
+@dataclass
+class Prototypes:
+    """The texts a catalog contributes to the index, with their intent ids."""
+
+    texts: list[str]
+    labels: np.ndarray
+
+    @classmethod
+    def from_catalog(cls, catalog: Catalog) -> "Prototypes":
+        """Every example and description (labelled by intent) and every negative (labelled OUT_OF_SCOPE)."""
+        texts: list[str] = []
+        labels: list[int] = []
+        for intent_id, intent in enumerate(catalog.intents):
+            for text in ([intent.description] if intent.description.strip() else []) + intent.examples:
+                texts.append(text)
+                labels.append(intent_id)
+        texts.extend(catalog.out_of_scope)
+        labels.extend([OUT_OF_SCOPE] * len(catalog.out_of_scope))
+        return cls(texts=texts, labels=np.asarray(labels, dtype=np.int32))
+
+
+@dataclass
+class Artifacts:
+    """Everything routing needs besides the embedder: index, scorer and the auto threshold."""
+
+    index: PrototypeIndex
+    scorer: Scorer
+    auto_threshold: float
+    meta: dict
+
+    @property
+    def fingerprint(self) -> str:
+        """The catalog+model fingerprint these artifacts were built for."""
+        return self.meta["fingerprint"]
+
+
+def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
+    """Hash of everything the index and scorer depend on: texts, intent order, model, format."""
+    content = {
+        "version": ARTIFACT_VERSION,
+        "model": embedder.fingerprint,
+        "intents": [[i.name, i.description, i.examples] for i in catalog.intents],
+        "out_of_scope": catalog.out_of_scope,
+    }
+    return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:20]
+
+
+def state_dir(catalog_path: str | Path) -> Path:
+    """Where a catalog's built artifacts live: ``$GATEKEEPER_STATE_DIR`` or ``.gatekeeper/`` beside it."""
+    path = Path(catalog_path).resolve()
+    root = Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else path.parent / ".gatekeeper"
+    return root / path.stem
+
+
+def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder,
+                  progress: ProgressCallback | None = None, force: bool = False) -> tuple[Artifacts, bool]:
+    """Load the saved artifacts if still fresh, else build and save them.
+
+    Returns the artifacts and whether they were (re)built.
+    """
+    folder = state_dir(catalog_path)
+    fingerprint = artifact_fingerprint(catalog, embedder)
+    if not force:
+        loaded = _load(folder, fingerprint, len(catalog.intents))
+        if loaded is not None:
+            return loaded, False
+    artifacts = build_artifacts(catalog, embedder, cache=EmbeddingCache(folder.parent / "embeddings.sqlite"),
+                                progress=progress)
+    _save(folder, artifacts)
+    return artifacts, True
+
+
+def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
+                    progress: ProgressCallback | None = None) -> Artifacts:
+    """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache)."""
+    started = time.perf_counter()
+    prototypes = Prototypes.from_catalog(catalog)
+    total = len(prototypes.texts)
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress:
+            progress("embed", done, total)
+
+    if cache is not None:
+        vectors, embedded = cache.encode(embedder, prototypes.texts, progress=advance)
+    else:
+        vectors, embedded = embedder.encode(prototypes.texts), total
+        advance(total)
+    index = PrototypeIndex.build(vectors, prototypes.labels)
+    n_intents = len(catalog.intents)
+    if progress:
+        progress("fit", 0, 1)
+    scorer, auto_threshold = _fit_scorer(index, n_intents)
+    meta = {
+        "fingerprint": artifact_fingerprint(catalog, embedder),
+        "catalog": catalog.name,
+        "model": embedder.fingerprint,
+        "dim": int(vectors.shape[1]),
+        "intents": catalog.intent_names(),
+        "prototypes": len(prototypes.texts),
+        "examples": sum(len(i.examples) for i in catalog.intents),
+        "out_of_scope": len(catalog.out_of_scope),
+        "embedded": embedded,
+        "index": index.kind,
+        "scorer": scorer.name,
+        "auto_threshold": auto_threshold,
+        "build_seconds": round(time.perf_counter() - started, 3),
+        "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta)
+
+
+def _fit_scorer(index: PrototypeIndex, n_intents: int) -> tuple[Scorer, float]:
+    """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores."""
+    labels = index.labels
+    if not uses_head(labels, n_intents):
+        scorer = NearestPrototypeScorer(index, n_intents)
+        return scorer, _nearest_auto_threshold(index, n_intents)
+    weights, bias = fit_head(index.vectors, labels, n_intents)
+    features = _cross_fitted_features(index.vectors, labels, n_intents)
+    in_scope = labels != OUT_OF_SCOPE
+    if in_scope.all():
+        # No negatives: the score is the standardised head logit, squashed to (0, 1).
+        mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-9)
+        calibration = (np.array([1.0, 0.0, 0.0]), 0.0, mean, scale)
+    else:
+        calibration = fit_calibrator(features, in_scope)
+    scorer = HeadScorer(index, n_intents, weights, bias, *calibration)
+    scores = scorer.calibrate(features)
+    return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT)
+
+
+def _cross_fitted_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int) -> np.ndarray:
+    """Calibrator features of every catalog row, each computed by a head and index that never saw it."""
+    rng = np.random.default_rng(0)
+    folds = rng.permutation(len(labels)) % CROSS_FIT_FOLDS
+    features = np.zeros((len(labels), 3))
+    for fold in range(CROSS_FIT_FOLDS):
+        held_out, rest = folds == fold, folds != fold
+        index = PrototypeIndex.build(vectors[rest], labels[rest], hnsw=False)
+        weights, bias = fit_head(vectors[rest], labels[rest], n_intents)
+        probe = HeadScorer(index, n_intents, weights, bias, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
+        features[held_out] = probe.features(vectors[held_out])[0]
+    return features
+
+
+def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
+    """``auto`` threshold for nearest-prototype scoring.
+
+    With several examples per intent: the leave-one-out score of each example
+    at the default false-reject rate. With one prototype per intent (zero-shot):
+    the highest similarity between two different intents' prototypes, so a
+    message must be nearer to an intent than the intents are to each other.
+    """
+    in_scope = index.labels != OUT_OF_SCOPE
+    vectors, labels = index.vectors[in_scope], index.labels[in_scope]
+    counts = np.bincount(labels, minlength=n_intents)
+    if counts.min() >= 2:
+        sims = vectors @ vectors.T
+        np.fill_diagonal(sims, -np.inf)
+        same = labels[:, None] == labels[None, :]
+        best = np.where(same, sims, -np.inf).max(axis=1)
+        return threshold_for_false_reject(best, AUTO_FALSE_REJECT)
+    per_intent, _ = nearest_similarities(index, vectors, n_intents)
+    per_intent[np.arange(len(labels)), labels] = -1.0
+    return float(per_intent.max())
+
+
+def _save(folder: Path, artifacts: Artifacts) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / "scorer.npz", **artifacts.scorer.state())
+    artifacts.index.save(folder, artifacts.meta)
+
+
+def _load(folder: Path, fingerprint: str, n_intents: int) -> Artifacts | None:
+    index = PrototypeIndex.load(folder, fingerprint)
+    if index is None:
+        return None
+    meta = read_meta(folder) or {}
+    with np.load(folder / "scorer.npz") as arrays:
+        state = {key: arrays[key] for key in arrays.files}
+    scorer = load_scorer(meta["scorer"], index, n_intents, state)
+    return Artifacts(index=index, scorer=scorer, auto_threshold=float(meta["auto_threshold"]), meta=meta)

@@ -1,0 +1,92 @@
+"""The gate: one object holding catalog, embedder, index, scorer and thresholds.
+
+This is the straight data path, catalog -> embed -> index -> score -> decide,
+that the CLI and the server both use.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from gatekeeper.build import Artifacts, ProgressCallback, load_or_build
+from gatekeeper.catalog import load_catalog
+from gatekeeper.catalog_schema import Catalog
+from gatekeeper.embedders import Embedder, make_embedder
+from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision, Router
+from gatekeeper.scoring import HeadScorer
+from gatekeeper.text import normalise
+from gatekeeper.tuning_file import Tuning, load_tuning, resolve_thresholds
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Gate:
+    """A loaded catalog, ready to decide messages."""
+
+    catalog_path: str
+    catalog: Catalog
+    embedder: Embedder
+    artifacts: Artifacts
+    router: Router
+    tuning: Tuning | None
+    rebuilt: bool
+
+    @classmethod
+    def load(cls, catalog_path: str | Path, embedder: Embedder | None = None, threads: int = 1,
+             progress: ProgressCallback | None = None, rebuild: bool = False) -> "Gate":
+        """Load the catalog at ``catalog_path``, building its index if absent or stale.
+
+        ``embedder`` is reused when given (e.g. across reloads), else created
+        from the catalog's ``model`` section. Raises
+        :class:`gatekeeper.catalog.CatalogError` for a bad catalog.
+        """
+        catalog = load_catalog(catalog_path)
+        embedder = embedder or make_embedder(catalog.model, threads=threads)
+        artifacts, rebuilt = load_or_build(catalog, catalog_path, embedder, progress=progress, force=rebuild)
+        tuning = load_tuning(catalog_path)
+        scorer = artifacts.scorer
+        if tuning is not None and tuning.fingerprint != artifacts.fingerprint:
+            log.warning("tuning_stale", extra={"catalog": str(catalog_path), "hint":
+                        "the catalog or model changed since 'gatekeeper tune'; using auto thresholds until rerun"})
+            tuning = None
+        if tuning is not None and tuning.calibrator and isinstance(scorer, HeadScorer):
+            scorer = scorer.with_parameters(tuning.calibrator)
+        router = Router(catalog, scorer, resolve_thresholds(catalog, artifacts.auto_threshold, tuning))
+        return cls(str(catalog_path), catalog, embedder, artifacts, router, tuning, rebuilt)
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Embed already-normalised messages as queries."""
+        return self.embedder.encode(list(texts), is_query=True)
+
+    def prepare(self, message: object) -> tuple[str, bool, str | None]:
+        """Normalise one message: (clean text, truncated, reason it cannot be scored or None)."""
+        if not isinstance(message, str):
+            return "", False, REASON_NOT_TEXT
+        text, truncated = normalise(message, self.catalog.defaults.max_chars)
+        return text, truncated, (None if text else REASON_EMPTY)
+
+    def decide_many(self, messages: Sequence[object]) -> list[Decision]:
+        """Decide several messages with one encoder call."""
+        prepared = [self.prepare(message) for message in messages]
+        scorable = [i for i, (_, _, reason) in enumerate(prepared) if reason is None]
+        vectors = self.embed([prepared[i][0] for i in scorable])
+        return self.decide_prepared(prepared, scorable, vectors)
+
+    def decide_prepared(self, prepared: list[tuple[str, bool, str | None]], scorable: list[int],
+                        vectors: np.ndarray) -> list[Decision]:
+        """Decisions for :meth:`prepare` outputs, given the vectors of the ``scorable`` ones."""
+        scored = self.router.decide_vectors([prepared[i][0] for i in scorable], vectors,
+                                            [prepared[i][1] for i in scorable])
+        by_position = dict(zip(scorable, scored))
+        return [by_position.get(i) or self.router.empty_decision(text, reason or REASON_EMPTY)
+                for i, (text, _, reason) in enumerate(prepared)]
+
+    def decide(self, message: object) -> Decision:
+        """Decide one message."""
+        return self.decide_many([message])[0]

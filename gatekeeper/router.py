@@ -1,0 +1,106 @@
+"""The threshold router: scores -> a :class:`Decision` per message."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from gatekeeper.catalog_schema import Catalog
+from gatekeeper.scoring import ScoreBatch, Scorer
+
+#: Intents listed in a decision's ``top_k``.
+TOP_K = 3
+
+REASON_BELOW_THRESHOLD = "below_threshold"
+REASON_NEAREST_OUT_OF_SCOPE = "nearest_out_of_scope"
+REASON_EMPTY = "empty_input"
+REASON_NOT_TEXT = "not_text"
+
+
+@dataclass(frozen=True)
+class IntentScore:
+    """An intent and its score for one message."""
+
+    intent: str
+    score: float
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the gate decided for one message, and why."""
+
+    text: str
+    accepted: bool
+    intent: str | None
+    score: float
+    threshold: float
+    margin: float
+    reason: str | None
+    top_k: list[IntentScore] = field(default_factory=list)
+    truncated: bool = False
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The threshold of every intent, in catalog order, and the global one they fall back to."""
+
+    global_threshold: float
+    per_intent: np.ndarray
+    #: Where the global threshold came from: 'catalog', 'auto' or 'tuned'.
+    source: str
+
+
+class Router:
+    """Applies per-intent thresholds to a scorer's output."""
+
+    def __init__(self, catalog: Catalog, scorer: Scorer, thresholds: Thresholds):
+        self.catalog = catalog
+        self.scorer = scorer
+        self.thresholds = thresholds
+        self._names = catalog.intent_names()
+
+    def decide_vectors(self, texts: list[str], vectors: np.ndarray, truncated: list[bool]) -> list[Decision]:
+        """Decide messages whose (normalised) texts were embedded as ``vectors``."""
+        if len(texts) == 0:
+            return []
+        return self.decide_scores(texts, self.scorer.score(vectors), truncated)
+
+    def decide_scores(self, texts: list[str], batch: ScoreBatch, truncated: list[bool]) -> list[Decision]:
+        """Turn a :class:`ScoreBatch` into decisions."""
+        best = batch.intent_scores.argmax(axis=1)
+        k = min(TOP_K, batch.intent_scores.shape[1])
+        ranked = np.argsort(-batch.intent_scores, axis=1)[:, :k]
+        decisions = []
+        for row, text in enumerate(texts):
+            intent_id = int(best[row])
+            score = float(batch.score[row])
+            threshold = float(self.thresholds.per_intent[intent_id])
+            accepted = score >= threshold
+            reason = None
+            if not accepted:
+                reason = REASON_NEAREST_OUT_OF_SCOPE if batch.nearest_out_of_scope[row] else REASON_BELOW_THRESHOLD
+            top = [IntentScore(self._names[j], round(float(batch.intent_scores[row, j]), 6)) for j in ranked[row]]
+            decisions.append(Decision(text=text, accepted=accepted, intent=self._names[intent_id],
+                                      score=round(score, 6), threshold=round(threshold, 6),
+                                      margin=round(score - threshold, 6), reason=reason, top_k=top,
+                                      truncated=truncated[row]))
+        return decisions
+
+    def empty_decision(self, text: str, reason: str) -> Decision:
+        """The decision for a message that cannot be scored (empty, or not text): rejected."""
+        threshold = self.thresholds.global_threshold
+        return Decision(text=text, accepted=False, intent=None, score=0.0, threshold=round(threshold, 6),
+                        margin=round(-threshold, 6), reason=reason)
+
+    def reject_reply(self, decision: Decision, language: str) -> str:
+        """The canned reply for a rejected message: the nearest intent's, else the catalog default."""
+        reply = self.catalog.defaults.reject_reply
+        if decision.intent is not None:
+            intent = self.catalog.intents[self._names.index(decision.intent)]
+            reply = intent.reject_reply or reply
+        return reply.zh if language == "zh" else reply.en

@@ -1,0 +1,228 @@
+"""Scoring rules: how in-scope a message is, and which intent it is nearest to.
+
+Two scorers share one interface (:class:`Scorer`), chosen by how much data the
+catalog has:
+
+* :class:`NearestPrototypeScorer` -- cosine to the nearest prototype (FAISS),
+  penalised when an out-of-scope example is nearer. Works zero-shot, from
+  intent descriptions alone.
+* :class:`HeadScorer` -- a logistic-regression head over the frozen embeddings
+  (with an out-of-scope class when the catalog has negatives), whose logits are
+  combined with the prototype similarities by a small calibrator into
+  P(in scope). It is much better at both picking the intent and spotting
+  off-topic messages (docs/quality.md has the comparison).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+
+from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
+
+#: Prototypes retrieved per query; enough to rank several intents.
+SEARCH_K = 16
+#: Inverse regularisation of the head. A generic setting for unit-length sentence
+#: embeddings of a few hundred dims; not tuned on any evaluation set.
+HEAD_C = 10.0
+#: The head needs this many examples per intent on average; below it, nearest-prototype scoring is used.
+HEAD_MIN_EXAMPLES_PER_INTENT = 3
+#: Out-of-scope examples needed before they become a class of the head.
+HEAD_MIN_NEGATIVES = 5
+
+
+@dataclass
+class ScoreBatch:
+    """Scores of n messages against K intents."""
+
+    #: (n, K) per-intent scores used to rank intents (higher is better).
+    intent_scores: np.ndarray
+    #: (n,) the in-scope score compared with the threshold.
+    score: np.ndarray
+    #: (n,) True where an out-of-scope example (or class) beats every intent.
+    nearest_out_of_scope: np.ndarray
+    #: (n, F) raw features that a calibrator combines (empty for uncalibrated scorers).
+    features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
+
+
+class Scorer(Protocol):
+    """Scores query vectors against a fitted catalog."""
+
+    name: str
+
+    def score(self, queries: np.ndarray) -> ScoreBatch:
+        """Score unit-length query vectors (n, d)."""
+        ...
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that :func:`load_scorer` needs to rebuild this scorer."""
+        ...
+
+
+def nearest_similarities(index: PrototypeIndex, queries: np.ndarray, n_intents: int
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-intent max cosine over the retrieved prototypes, and the max cosine to any negative.
+
+    Intents not among the ``SEARCH_K`` nearest prototypes get -1.
+    """
+    sims, ids = index.search(queries, SEARCH_K)
+    labels = index.labels[ids]
+    per_intent = np.full((len(queries), n_intents), -1.0, dtype=np.float32)
+    negative = np.full(len(queries), -1.0, dtype=np.float32)
+    rows = np.arange(len(queries))
+    # Walk columns from least to most similar so the max per (row, intent) is written last.
+    for column in range(sims.shape[1] - 1, -1, -1):
+        label = labels[:, column]
+        inside = label != OUT_OF_SCOPE
+        per_intent[rows[inside], label[inside]] = sims[inside, column]
+        negative[~inside] = np.maximum(negative[~inside], sims[~inside, column])
+    return per_intent, negative
+
+
+class NearestPrototypeScorer:
+    """Cosine to the nearest intent prototype, minus how much nearer an out-of-scope example is."""
+
+    name = "nearest"
+
+    def __init__(self, index: PrototypeIndex, n_intents: int):
+        self._index = index
+        self._n_intents = n_intents
+
+    def score(self, queries: np.ndarray) -> ScoreBatch:
+        """Score unit-length query vectors (n, d)."""
+        per_intent, negative = nearest_similarities(self._index, queries, self._n_intents)
+        best = per_intent.max(axis=1)
+        penalty = np.maximum(negative - best, 0.0)
+        return ScoreBatch(intent_scores=per_intent, score=best - penalty, nearest_out_of_scope=negative > best)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Nothing beyond the index."""
+        return {}
+
+
+class HeadScorer:
+    """Logistic-regression head plus a calibrator giving P(in scope)."""
+
+    name = "head"
+
+    def __init__(self, index: PrototypeIndex, n_intents: int, head_weights: np.ndarray, head_bias: np.ndarray,
+                 calibrator_weights: np.ndarray, calibrator_bias: float, feature_mean: np.ndarray,
+                 feature_scale: np.ndarray):
+        self._index = index
+        self._n_intents = n_intents
+        self.head_weights = head_weights.astype(np.float32)
+        self.head_bias = head_bias.astype(np.float32)
+        self.calibrator_weights = calibrator_weights.astype(np.float64)
+        self.calibrator_bias = float(calibrator_bias)
+        self.feature_mean = feature_mean.astype(np.float64)
+        self.feature_scale = feature_scale.astype(np.float64)
+
+    @property
+    def has_negative_class(self) -> bool:
+        """Whether the head has an out-of-scope class (its last column)."""
+        return self.head_weights.shape[1] == self._n_intents + 1
+
+    def features(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrator features (n, 3), head logits of the intents (n, K), and nearest-negative mask."""
+        logits = queries @ self.head_weights + self.head_bias
+        intent_logits = logits[:, :self._n_intents]
+        best_logit = intent_logits.max(axis=1)
+        per_intent, negative = nearest_similarities(self._index, queries, self._n_intents)
+        best_cos = per_intent.max(axis=1)
+        if self.has_negative_class:
+            nearest_negative = logits[:, -1] > best_logit
+        else:
+            nearest_negative = negative > best_cos
+        features = np.stack([best_logit, best_cos, negative], axis=1).astype(np.float64)
+        return features, intent_logits, nearest_negative
+
+    def score(self, queries: np.ndarray) -> ScoreBatch:
+        """Score unit-length query vectors (n, d)."""
+        features, intent_logits, nearest_negative = self.features(queries)
+        return ScoreBatch(intent_scores=softmax(intent_logits), score=self.calibrate(features),
+                          nearest_out_of_scope=nearest_negative, features=features)
+
+    def calibrate(self, features: np.ndarray) -> np.ndarray:
+        """P(in scope) from raw features."""
+        z = ((features - self.feature_mean) / self.feature_scale) @ self.calibrator_weights + self.calibrator_bias
+        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
+
+    def calibrator(self) -> dict[str, list[float] | float]:
+        """The calibrator's parameters, JSON-ready (what ``gatekeeper tune`` saves)."""
+        return {"weights": self.calibrator_weights.tolist(), "bias": self.calibrator_bias,
+                "mean": self.feature_mean.tolist(), "scale": self.feature_scale.tolist()}
+
+    def with_parameters(self, calibrator: dict) -> "HeadScorer":
+        """A copy using the given calibrator parameters (as from :meth:`calibrator`)."""
+        return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias,
+                          np.asarray(calibrator["weights"]), float(calibrator["bias"]),
+                          np.asarray(calibrator["mean"]), np.asarray(calibrator["scale"]))
+
+    def refit_calibrator(self, features: np.ndarray, in_scope: np.ndarray) -> "HeadScorer":
+        """A copy whose calibrator is refitted on ``features`` labelled ``in_scope`` (True/False)."""
+        weights, bias, mean, scale = fit_calibrator(features, in_scope)
+        return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias, weights, bias, mean,
+                          scale)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The head's and the calibrator's parameters."""
+        return {"head_weights": self.head_weights, "head_bias": self.head_bias,
+                "calibrator_weights": self.calibrator_weights, "calibrator_bias": np.array(self.calibrator_bias),
+                "feature_mean": self.feature_mean, "feature_scale": self.feature_scale}
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fit the multinomial head; out-of-scope rows form class K if there are enough of them.
+
+    Returns weights (d, K or K+1) and biases, with columns in intent order.
+    """
+    negatives = labels == OUT_OF_SCOPE
+    use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
+    keep = np.ones(len(labels), bool) if use_negatives else ~negatives
+    targets = np.where(negatives, n_intents, labels)[keep]
+    model = LogisticRegression(C=HEAD_C, max_iter=200)
+    model.fit(vectors[keep], targets)
+    n_classes = n_intents + (1 if use_negatives else 0)
+    weights = np.zeros((vectors.shape[1], n_classes), dtype=np.float32)
+    bias = np.full(n_classes, -1e4, dtype=np.float32)  # a class with no rows can never win
+    if len(model.classes_) == 2:  # binary models store one row: expand to two
+        coef = np.vstack([-model.coef_[0], model.coef_[0]]) / 2
+        intercept = np.array([-model.intercept_[0], model.intercept_[0]]) / 2
+    else:
+        coef, intercept = model.coef_, model.intercept_
+    weights[:, model.classes_] = coef.T
+    bias[model.classes_] = intercept
+    return weights, bias
+
+
+def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Logistic regression of in-scope (True) vs out-of-scope on standardised features."""
+    mean = features.mean(axis=0)
+    scale = features.std(axis=0)
+    scale[scale < 1e-9] = 1.0
+    model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
+    model.fit((features - mean) / scale, in_scope.astype(int))
+    return model.coef_[0], float(model.intercept_[0]), mean, scale
+
+
+def uses_head(labels: np.ndarray, n_intents: int) -> bool:
+    """Whether the catalog has enough examples for the head scorer."""
+    in_scope = int((labels != OUT_OF_SCOPE).sum())
+    return n_intents >= 2 and in_scope >= HEAD_MIN_EXAMPLES_PER_INTENT * n_intents
+
+
+def load_scorer(name: str, index: PrototypeIndex, n_intents: int, state: dict[str, np.ndarray]) -> Scorer:
+    """Rebuild a scorer from :meth:`Scorer.state`."""
+    if name == NearestPrototypeScorer.name:
+        return NearestPrototypeScorer(index, n_intents)
+    return HeadScorer(index, n_intents, state["head_weights"], state["head_bias"], state["calibrator_weights"],
+                      float(state["calibrator_bias"]), state["feature_mean"], state["feature_scale"])
