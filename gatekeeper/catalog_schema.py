@@ -125,7 +125,7 @@ def _check_threshold(value: float | str) -> float | str:
     if not -1.0 <= float(value) <= 1.0:
         raise ValueError(
             f"threshold {value} is outside [-1, 1]; use a score between -1 and 1 "
-            "(scores are cosine-like), or 'auto' to calibrate it from the catalog"
+            "(scores are probabilities or cosine similarities), or 'auto' to calibrate it from the catalog"
         )
     return float(value)
 

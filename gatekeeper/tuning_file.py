@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from gatekeeper.catalog_schema import Catalog
+from gatekeeper.errors import UserError
 from gatekeeper.router import Thresholds
 
 
@@ -45,7 +46,7 @@ def load_tuning(catalog_path: str | Path) -> Tuning | None:
     try:
         return Tuning(**json.loads(path.read_text(encoding="utf-8")))
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{path}: unreadable tuning file ({error}); delete it or rerun 'gatekeeper tune'") from None
+        raise UserError(f"{path}: unreadable tuning file ({error}); delete it or rerun 'gatekeeper tune'") from None
 
 
 def save_tuning(catalog_path: str | Path, tuning: Tuning) -> Path:

@@ -1,0 +1,69 @@
+"""The ``gatekeeper`` command line: build, route, import, eval, tune and serve.
+
+User mistakes (a bad catalog, a missing file) print a clear message and exit 2,
+never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, Sequence
+
+from gatekeeper.catalog import CatalogError, default_catalog_path
+from gatekeeper.embedders import EmbeddingError
+from gatekeeper.errors import UserError
+
+EXIT_USAGE = 2
+
+
+Command = Callable[[argparse.Namespace], int]
+
+
+def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--catalog`` flag (defaults to ``$GATEKEEPER_CATALOG`` or ``intents/``)."""
+    parser.add_argument("--catalog", default=None,
+                        help="catalog file or directory (default: $GATEKEEPER_CATALOG or intents/)")
+
+
+def catalog_arg(args: argparse.Namespace) -> str:
+    """The catalog path of a parsed command line."""
+    return args.catalog or default_catalog_path()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """All subcommands and their flags."""
+    from gatekeeper.commands import build_cmd, import_cmd, route_cmd
+
+    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (build_cmd, route_cmd, import_cmd):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``gatekeeper`` console script."""
+    from gatekeeper.logs import configure_logging
+
+    configure_logging()
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except CatalogError as error:
+        print(f"catalog error ({len(error.problems)} problem{'s' if len(error.problems) > 1 else ''}):",
+              file=sys.stderr)
+        for problem in error.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_USAGE
+    except (UserError, EmbeddingError, FileNotFoundError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+def print_json(obj: object) -> None:
+    """One JSON object per line, UTF-8 kept readable."""
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
