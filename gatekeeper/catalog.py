@@ -92,9 +92,12 @@ def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 0
+        context = ""
+        if error.context and error.context_mark and error.context_mark.line + 1 != line:
+            context = f" ({error.context} at line {error.context_mark.line + 1})"
         raise CatalogError([CatalogProblem(
-            str(file), line, "", f"broken YAML syntax: {error.problem or error}; "
-            "check indentation, colons and quotes on this line and the one before")]) from None
+            str(file), line, "", f"broken YAML syntax: {error.problem or error}{context}; "
+            "check indentation, colons and quotes here and on the lines before")]) from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -1,0 +1,7 @@
+"""``python -m gatekeeper`` runs the CLI."""
+
+import sys
+
+from gatekeeper.cli import main
+
+sys.exit(main())

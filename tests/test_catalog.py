@@ -1,0 +1,159 @@
+"""Catalog loading: merging, and one precise error (file, line, field) per mistake."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gatekeeper.catalog import CatalogError, load_catalog
+from tests.conftest import INTENTS
+
+GOOD = """\
+version: 1
+name: demo
+defaults:
+  threshold: auto
+intents:
+  - name: billing
+    description: Questions about bills
+    examples:
+      - "why is my bill so high"
+      - "explain this charge"
+  - name: refunds
+    examples:
+      - "I want my money back"
+out_of_scope:
+  - "tell me a joke"
+"""
+
+
+def write(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def single_problem(path: Path):
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(path)
+    assert len(caught.value.problems) == 1, caught.value
+    return caught.value.problems[0]
+
+
+def test_good_catalog_loads(catalog_dir):
+    catalog = load_catalog(write(catalog_dir, "a.yaml", GOOD))
+    assert catalog.name == "demo"
+    assert catalog.intent_names() == ["billing", "refunds"]
+    assert catalog.out_of_scope == ["tell me a joke"]
+
+
+def test_bundled_catalogs_load_alone_and_merged():
+    telecom = load_catalog(INTENTS / "telecom_zh.yaml")
+    banking = load_catalog(INTENTS / "banking_en.yaml")
+    merged = load_catalog(INTENTS)
+    assert len(merged.intents) == len(telecom.intents) + len(banking.intents)
+    assert all(len(intent.examples) >= 15 and intent.description for intent in telecom.intents + banking.intents)
+    # Each file's defaults stay with its own intents.
+    by_name = {intent.name: intent for intent in merged.intents}
+    assert "星河" in by_name["bill_inquiry"].reject_reply.zh
+    assert by_name["bill_inquiry"].reject_reply != by_name["balance_inquiry"].reject_reply
+
+
+def test_unknown_key_suggests_the_right_one(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace("    description:", "    descripton:"))
+    problem = single_problem(path)
+    assert (problem.file, problem.line, problem.field) == (str(path), 7, "intents[0].descripton")
+    assert "did you mean 'description'" in problem.message
+
+
+def test_intent_without_examples_or_description(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace("out_of_scope:", "  - name: empty_one\nout_of_scope:"))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (14, "intents[2] (empty_one)")
+    assert "no examples and no description" in problem.message
+
+
+def test_duplicate_intent_across_files(catalog_dir):
+    write(catalog_dir, "a.yaml", GOOD)
+    second = write(catalog_dir, "b.yaml", "intents:\n  - name: other\n    examples: [\"x\"]\n"
+                   "  - name: refunds\n    examples: [\"give it back\"]\n")
+    problem = single_problem(catalog_dir)
+    assert (problem.file, problem.line, problem.field) == (str(second), 4, "intents[1].name")
+    assert "duplicate intent 'refunds'" in problem.message and "a.yaml:11" in problem.message
+
+
+@pytest.mark.parametrize("value,line,field", [
+    ("1.5", 4, "defaults.threshold"),
+    ("-2", 4, "defaults.threshold"),
+])
+def test_threshold_out_of_range(catalog_dir, value, line, field):
+    path = write(catalog_dir, "a.yaml", GOOD.replace("threshold: auto", f"threshold: {value}"))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (line, field)
+    assert "outside [-1, 1]" in problem.message
+
+
+def test_intent_threshold_out_of_range(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace("  - name: refunds\n", "  - name: refunds\n    threshold: 3\n"))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (12, "intents[1].threshold")
+
+
+def test_example_not_a_string(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace('"explain this charge"', "42"))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (10, "intents[0].examples[1]")
+    assert "must be a string" in problem.message
+
+
+def test_empty_example(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace('"explain this charge"', '"   "'))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (10, "intents[0].examples[1]")
+    assert "empty" in problem.message
+
+
+def test_empty_out_of_scope_example(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace('"tell me a joke"', '""'))
+    problem = single_problem(path)
+    assert (problem.line, problem.field) == (15, "out_of_scope[0]")
+
+
+def test_broken_yaml_syntax(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace('      - "explain this charge"', '      - "explain this charge'))
+    problem = single_problem(path)
+    # The scanner notices the unclosed quote further down; the message points back to the list it is in.
+    assert problem.file == str(path) and problem.line >= 10
+    assert "broken YAML syntax" in problem.message and "at line 9" in problem.message
+
+
+def test_conflicting_model_sections(catalog_dir):
+    write(catalog_dir, "a.yaml", "model:\n  backend: use-multilingual\n" + GOOD)
+    second = write(catalog_dir, "b.yaml", "model:\n  backend: openai\nintents:\n  - name: x\n    examples: [\"y\"]\n")
+    problem = single_problem(catalog_dir)
+    assert (problem.file, problem.line, problem.field) == (str(second), 1, "model")
+
+
+def test_all_problems_reported_at_once(catalog_dir):
+    text = GOOD.replace("    description:", "    descripton:").replace('"explain this charge"', "42")
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(write(catalog_dir, "a.yaml", text))
+    assert {p.field for p in caught.value.problems} == {"intents[0].descripton", "intents[0].examples[1]"}
+
+
+def test_cli_reports_catalog_errors_without_traceback(catalog_dir):
+    path = write(catalog_dir, "a.yaml", GOOD.replace("threshold: auto", "threshold: 7"))
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "route", "--catalog", str(path), "hello"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert f"{path}:4: defaults.threshold:" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_catalog_path(tmp_path):
+    with pytest.raises(CatalogError) as caught:
+        load_catalog(tmp_path / "nope.yaml")
+    assert "no such file" in str(caught.value)
