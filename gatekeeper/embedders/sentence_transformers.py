@@ -75,7 +75,8 @@ class SentenceTransformersEmbedder:
             self._model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         except Exception as error:
             raise EmbeddingError(f"could not load the sentence-transformers model at {path}: {error}") from error
-        self.dim = int(self._model.get_sentence_embedding_dimension())
+        dimension = getattr(self._model, "get_embedding_dimension", None) or self._model.get_sentence_embedding_dimension
+        self.dim = int(dimension())
         self._query_instruction = query_instruction
         self._batch_size = batch_size
         self.fingerprint = settings_fingerprint("sentence-transformers", {

@@ -1,0 +1,63 @@
+"""The FAISS prototype index: search, HNSW, save/load round trip and staleness."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gatekeeper.build import state_dir
+from gatekeeper.gate import Gate
+from gatekeeper.index import PrototypeIndex
+from tests.conftest import INTENTS
+
+
+def random_unit(n: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def test_flat_search_is_exact():
+    vectors = random_unit(500, 64, 0)
+    index = PrototypeIndex.build(vectors, np.arange(500) % 7)
+    queries = random_unit(20, 64, 1)
+    sims, ids = index.search(queries, 5)
+    brute = queries @ vectors.T
+    np.testing.assert_array_equal(ids[:, 0], brute.argmax(axis=1))
+    np.testing.assert_allclose(sims[:, 0], brute.max(axis=1), atol=1e-5)
+    assert index.kind == "flat"
+
+
+def test_hnsw_finds_near_duplicates():
+    vectors = random_unit(2000, 64, 2)
+    index = PrototypeIndex.build(vectors, np.zeros(2000), hnsw=True)
+    noisy = vectors[:100] + 0.01 * random_unit(100, 64, 3)
+    _, ids = index.search(noisy / np.linalg.norm(noisy, axis=1, keepdims=True), 1)
+    assert index.kind == "hnsw"
+    assert (ids[:, 0] == np.arange(100)).mean() >= 0.98
+
+
+def test_round_trip(tmp_path):
+    vectors = random_unit(50, 16, 4)
+    index = PrototypeIndex.build(vectors, np.arange(50) % 3)
+    index.save(tmp_path, {"fingerprint": "abc"})
+    loaded = PrototypeIndex.load(tmp_path, "abc")
+    assert loaded is not None
+    np.testing.assert_array_equal(loaded.labels, index.labels)
+    queries = random_unit(5, 16, 5)
+    np.testing.assert_array_equal(loaded.search(queries, 3)[1], index.search(queries, 3)[1])
+    assert PrototypeIndex.load(tmp_path, "other") is None
+
+
+def test_stale_index_is_rebuilt(tmp_path, use_embedder):
+    path = tmp_path / "telecom.yaml"
+    path.write_text((INTENTS / "telecom_zh.yaml").read_text(encoding="utf-8"), encoding="utf-8")
+    first = Gate.load(path, embedder=use_embedder)
+    assert first.rebuilt and (state_dir(path) / "meta.json").exists()
+    again = Gate.load(path, embedder=use_embedder)
+    assert not again.rebuilt and again.artifacts.fingerprint == first.artifacts.fingerprint
+    # Editing one example makes the saved index stale; only that text is embedded again.
+    path.write_text(path.read_text(encoding="utf-8").replace("out_of_scope:", "out_of_scope:\n  - \"教我打太极拳\"", 1),
+                    encoding="utf-8")
+    edited = Gate.load(path, embedder=use_embedder)
+    assert edited.rebuilt and edited.artifacts.fingerprint != first.artifacts.fingerprint
+    assert edited.artifacts.meta["embedded"] == 1
+    assert edited.artifacts.meta["out_of_scope"] == first.artifacts.meta["out_of_scope"] + 1
