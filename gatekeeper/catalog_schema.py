@@ -119,6 +119,11 @@ class Catalog(_Strict):
         return [intent.name for intent in self.intents]
 
 
+def intent_name_for_label(label: str) -> str:
+    """A dataset label made safe as an intent name (letters, digits, '_', '-', '.')."""
+    return "".join(ch if ch.isalnum() and ch.isascii() or ch in "_-." else "_" for ch in label) or "intent"
+
+
 def _check_threshold(value: float | str) -> float | str:
     if isinstance(value, str):
         return value

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Iterator
@@ -9,6 +10,21 @@ from typing import Iterator
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.progress import build_progress
+
+
+#: Labels that always mean "out of scope" in a labelled file.
+DEFAULT_OOS_LABELS = ("oos",)
+
+
+def add_oos_label_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared, repeatable ``--oos-label`` flag."""
+    parser.add_argument("--oos-label", action="append", default=[], metavar="LABEL",
+                        help="label meaning out of scope (repeatable; 'oos' always does)")
+
+
+def oos_labels(args: argparse.Namespace) -> set[str]:
+    """The out-of-scope labels of a parsed command line."""
+    return {*DEFAULT_OOS_LABELS, *args.oos_label}
 
 
 def load_gate(catalog_path: str, rebuild: bool = False, threads: int = 1) -> Gate:

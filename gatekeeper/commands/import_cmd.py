@@ -8,20 +8,16 @@ from pathlib import Path
 import yaml
 
 from gatekeeper.catalog import load_catalog
-from gatekeeper.catalog_schema import SCHEMA_VERSION
-from gatekeeper.commands.common import labelled_rows
+from gatekeeper.catalog_schema import SCHEMA_VERSION, intent_name_for_label
+from gatekeeper.commands.common import add_oos_label_argument, labelled_rows, oos_labels
 from gatekeeper.errors import UserError
-
-DEFAULT_OOS_LABELS = ("oos",)
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``import`` subcommand."""
     parser = subparsers.add_parser("import", help="make a catalog from labelled JSON lines")
     parser.add_argument("data", metavar="DATA.jsonl", help='rows of {"text": ..., "label": ...}')
     parser.add_argument("--out", required=True, metavar="CATALOG.yaml", help="catalog file to write")
-    parser.add_argument("--oos-label", action="append", default=[], metavar="LABEL",
-                        help="label meaning out of scope (repeatable; 'oos' always is)")
+    add_oos_label_argument(parser)
     parser.add_argument("--name", help="catalog name (default: the output file's stem)")
     parser.add_argument("--force", action="store_true", help="overwrite an existing output file")
     parser.set_defaults(handler=run)
@@ -32,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.force:
         raise UserError(f"{out} exists; pass --force to overwrite it")
-    document = catalog_document(labelled_rows(args.data), oos_labels={*DEFAULT_OOS_LABELS, *args.oos_label},
+    document = catalog_document(labelled_rows(args.data), oos_labels=oos_labels(args),
                                 name=args.name or out.stem)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False, width=1000), encoding="utf-8")
@@ -59,11 +55,7 @@ def catalog_document(rows: list[tuple[str, str]], oos_labels: set[str], name: st
         "version": SCHEMA_VERSION,
         "name": name,
         "defaults": {"threshold": "auto"},
-        "intents": [{"name": _intent_name(label), "examples": examples} for label, examples in intents.items()],
+        "intents": [{"name": intent_name_for_label(label), "examples": examples} for label, examples in intents.items()],
         "out_of_scope": negatives,
     }
 
-
-def _intent_name(label: str) -> str:
-    """A label made safe as an intent name (letters, digits, '_', '-', '.')."""
-    return "".join(ch if ch.isalnum() and ch.isascii() or ch in "_-." else "_" for ch in label) or "intent"
