@@ -1,0 +1,123 @@
+"""Conversation-aware gating: which user turn to gate, and when earlier turns rescue a follow-up.
+
+A chat request is gated on its latest user message. Alone, a short follow-up
+such as "那另一个呢?" or "and the other one?" says nothing about the topic and
+is rejected, although the conversation is on topic. So when the latest message
+is rejected, it is accepted as a **follow-up** if all of these hold:
+
+1. **Short**: at most ``max_tokens`` estimated tokens (:func:`estimate_tokens`).
+2. **Vague on its own**: no catalog example, in scope or out of scope, has a
+   cosine similarity of ``max_similarity`` or more to it. A message that is
+   recognisably about something (the weather, a recipe, a prompt injection the
+   catalog lists as out of scope) is not a follow-up, however short.
+3. **In scope in context**: the earlier user turns (up to ``context_turns``)
+   joined with the message pass the gate.
+4. **The context carries the meaning**: the joined text's embedding is at
+   least as close to the context's as to the message's. A message that pulls
+   the conversation towards a topic of its own is not a follow-up.
+
+All four are language-independent (no word lists). Conditions 2 and 4 use the
+encoder's geometry, so ``max_similarity`` suits the default model (USE
+multilingual); re-check it with ``tests/test_server_conversation.py`` when
+changing models. The accepted decision keeps the joined text's intent and
+score, and the latest message as its text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Awaitable, Callable, Mapping, Sequence
+
+import numpy as np
+
+from gatekeeper.gate import Gate
+from gatekeeper.router import Decision
+
+#: Embeds normalised query texts (e.g. through the server's micro-batcher).
+Embed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
+
+_CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+
+
+@dataclass(frozen=True)
+class FollowupPolicy:
+    """When an earlier user turn may rescue a rejected latest message (see the module doc)."""
+
+    context_turns: int = 2
+    max_tokens: float = 12.0
+    max_similarity: float = 0.6
+
+
+@dataclass(frozen=True)
+class TurnDecision:
+    """The gate's decision on the latest user turn, and whether context was needed to accept it."""
+
+    decision: Decision
+    followup: bool = False
+
+
+def estimate_tokens(text: str) -> float:
+    """Rough token count: one per CJK character plus one per four other characters.
+
+    Tokenisers differ; this is the estimate behind ``gatekeeper_tokens_saved_total``
+    and the follow-up length limit, good to within a factor of about 1.5 for
+    OpenAI-style BPE on Chinese and English.
+    """
+    cjk = len(_CJK.findall(text))
+    return cjk + (len(text) - cjk) / 4
+
+
+def message_text(content: object) -> object:
+    """The text of a message's ``content``: a string as is, the text parts of a parts list joined.
+
+    Anything else (None, an image-only parts list, a number) is returned as
+    is, or as None, and the gate rejects it as not text.
+    """
+    if isinstance(content, list):
+        parts = [part.get("text") for part in content if isinstance(part, Mapping) and part.get("type") == "text"]
+        texts = [part for part in parts if isinstance(part, str)]
+        return " ".join(texts) if texts else None
+    return content
+
+
+def user_turns(messages: Sequence[Mapping]) -> tuple[object, list[str]]:
+    """The latest user message's text (or non-text content) and the earlier user texts, oldest first."""
+    users = [message_text(message.get("content")) for message in messages if message.get("role") == "user"]
+    if not users:
+        return None, []
+    return users[-1], [text for text in users[:-1] if isinstance(text, str) and text.strip()]
+
+
+def prompt_text(messages: Sequence[Mapping]) -> str:
+    """Every message's text joined: what a forwarded request would have sent as the prompt."""
+    texts = (message_text(message.get("content")) for message in messages)
+    return "\n".join(text for text in texts if isinstance(text, str))
+
+
+async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequence[str],
+                      policy: FollowupPolicy) -> TurnDecision:
+    """Decide the latest user message, letting earlier user turns rescue a short follow-up.
+
+    Costs one encoder call, and a second only for a short, vague, rejected
+    message that has earlier turns.
+    """
+    prepared = gate.prepare(latest)
+    text, _, reason = prepared
+    if reason is not None:
+        return TurnDecision(gate.decide_prepared([prepared], [], np.zeros((0, 0), dtype=np.float32))[0])
+    vector = await embed([text])
+    alone = gate.decide_prepared([prepared], [0], vector)[0]
+    context = " ".join(previous[-policy.context_turns:]) if policy.context_turns else ""
+    if alone.accepted or not context or estimate_tokens(text) > policy.max_tokens:
+        return TurnDecision(alone)
+    nearest, _ = gate.artifacts.index.search(vector, 1)
+    if float(nearest[0, 0]) >= policy.max_similarity:
+        return TurnDecision(alone)
+    joined_prepared = gate.prepare(f"{context} {text}")
+    context_text = gate.prepare(context)[0]
+    joined_vector, context_vector = await embed([joined_prepared[0], context_text])
+    joined = gate.decide_prepared([joined_prepared], [0], joined_vector[None, :])[0]
+    if joined.accepted and float(joined_vector @ context_vector) >= float(joined_vector @ vector[0]):
+        return TurnDecision(replace(joined, text=alone.text, truncated=alone.truncated), followup=True)
+    return TurnDecision(alone)

@@ -1,0 +1,264 @@
+"""The FastAPI app: ``create_app(settings, gate=None, registry=None)``.
+
+Endpoints: ``POST /v1/chat/completions`` (gate, then forward or answer with
+the canned reply), ``POST /v1/gate`` (decision only), ``GET /healthz``,
+``GET /readyz``, ``GET /metrics`` and ``POST /admin/reload`` (also on SIGHUP).
+Every error is OpenAI-style JSON: ``{"error": {"message", "type", "param", "code"}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import signal
+import time
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CollectorRegistry
+from starlette.exceptions import HTTPException
+
+from gatekeeper.catalog import CatalogError
+from gatekeeper.gate import Gate
+from gatekeeper.server.batching import MicroBatcher
+from gatekeeper.server.config import ServerSettings
+from gatekeeper.server.decision_log import DecisionLog
+from gatekeeper.server.metrics import CONTENT_TYPE, Metrics
+from gatekeeper.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from gatekeeper.server.replies import canned_completion, canned_stream
+from gatekeeper.server.schemas import (ChatCompletionRequest, DecisionModel, ErrorResponse, GateBatchResponse,
+                                       GateRequest, HealthResponse, ReadyResponse, ReloadResponse, error_body)
+from gatekeeper.server.service import ChatOutcome, EmbeddingFailure, GateService
+from gatekeeper.server.state import GateState, NotReady
+from gatekeeper.server.upstream import Upstream, UpstreamError, relay
+
+log = logging.getLogger(__name__)
+
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 502, 503, 504)}
+NO_UPSTREAM = ("no upstream is configured, so accepted chat completions cannot be forwarded; start with "
+               "--upstream-base-url URL or set GATEKEEPER_UPSTREAM_BASE_URL (/v1/gate works without one)")
+
+
+def create_app(settings: ServerSettings, gate: Gate | None = None,
+               registry: CollectorRegistry | None = None) -> FastAPI:
+    """Build the sidecar app.
+
+    ``gate`` is served as is when given (tests, embedding); otherwise the
+    catalog at ``settings.catalog`` is loaded in the background after start-up,
+    and ``/readyz`` says when it is ready. Metrics go to ``registry`` (a fresh
+    one when None).
+    """
+    metrics = Metrics(registry or CollectorRegistry())
+    state = GateState(settings.catalog, metrics, threads=settings.threads, gate=gate)
+    batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_us / 1e6, on_batch=metrics.batch_size.observe)
+    decision_log = (DecisionLog(settings.decision_log, settings.decision_log_sample, settings.decision_log_text)
+                    if settings.decision_log else None)
+    service = GateService(settings, state, metrics, batcher, decision_log)
+    upstream = (Upstream(settings.upstream_base_url,
+                         settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
+                         settings.upstream_timeout_s, settings.upstream_connect_timeout_s)
+                if settings.upstream_base_url else None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        background: set[asyncio.Task] = set()
+        if not state.ready:
+            _keep(background, asyncio.create_task(state.load()))
+        stop_watching = _watch_sighup(state, background)
+        try:
+            yield
+        finally:
+            stop_watching()
+            await batcher.close()
+            if upstream is not None:
+                await upstream.close()
+            if decision_log is not None:
+                decision_log.close()
+
+    app = FastAPI(title="gatekeeper sidecar", summary="Intent gate in front of an OpenAI-compatible LLM",
+                  lifespan=lifespan)
+    app.state.metrics = metrics
+    app.state.gate_state = state
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    _add_error_handlers(app)
+
+    @app.post("/v1/chat/completions", responses={200: {"description": "chat.completion JSON or an SSE stream"},
+                                                 **ERRORS})
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        """Gate the latest user message; forward to the upstream, or answer with the catalog's reject reply."""
+        raw = await request.json()  # forwarded as sent, not as re-serialised by the model
+        outcome = await service.decide_chat(raw["messages"])
+        headers = _gate_headers(outcome)
+        if outcome.blocked:
+            reply = service.reject_reply(outcome)
+            model = body.model or "gatekeeper"
+            if body.stream:
+                include_usage = bool((body.stream_options or {}).get("include_usage"))
+                return StreamingResponse(canned_stream(reply, model, include_usage), headers=headers,
+                                         media_type="text/event-stream")
+            return JSONResponse(canned_completion(reply, model), headers=headers)
+        if upstream is None:
+            return _error(503, error_body(NO_UPSTREAM, "service_unavailable", "no_upstream"), headers)
+        started = time.perf_counter()
+        try:
+            response = await upstream.chat_completions(raw, request.headers.get("authorization"))
+            metrics.upstream_latency.observe(time.perf_counter() - started)
+            content = None if body.stream else await response.read()
+        except UpstreamError as failure:
+            metrics.upstream_errors.labels(status=str(failure.status)).inc()
+            return _error(failure.status, failure.body, headers)
+        if response.status >= 400:
+            metrics.upstream_errors.labels(status=str(response.status)).inc()
+        if content is None:
+            def count(failure: UpstreamError) -> None:
+                metrics.upstream_errors.labels(status=str(failure.status)).inc()
+
+            return StreamingResponse(relay(response, count), status_code=response.status,
+                                     headers={**response.headers, **headers})
+        return Response(content, status_code=response.status, headers={**response.headers, **headers})
+
+    @app.post("/v1/gate", response_model=DecisionModel | GateBatchResponse, responses=ERRORS)
+    async def gate_decision(body: GateRequest) -> DecisionModel | GateBatchResponse:
+        """The gate's decision only: ``text`` -> one decision, ``texts`` -> a batch, ``messages`` -> latest turn."""
+        if body.texts is not None:
+            return GateBatchResponse(decisions=[DecisionModel.of(d) for d in await service.decide_texts(body.texts)])
+        if body.messages is not None:
+            turn = await service.decide_messages([message.model_dump() for message in body.messages])
+            return DecisionModel.of(turn.decision, turn.followup)
+        return DecisionModel.of((await service.decide_texts([body.text]))[0])
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> HealthResponse:
+        """Liveness: the process answers."""
+        return HealthResponse()
+
+    @app.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+    async def readyz() -> Response:
+        """Readiness: the model is loaded and the catalog's index is ready."""
+        if not state.ready:
+            return JSONResponse(ReadyResponse(ready=False, error=state.load_error or "loading").model_dump(),
+                                status_code=503)
+        current = state.gate
+        return JSONResponse(ReadyResponse(ready=True, catalog=current.catalog.name,
+                                          intents=len(current.catalog.intents),
+                                          fingerprint=current.artifacts.fingerprint).model_dump())
+
+    @app.get("/metrics", response_class=Response)
+    async def prometheus_metrics() -> Response:
+        """Prometheus text format."""
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.post("/admin/reload", response_model=ReloadResponse,
+              responses={status: {"model": ErrorResponse} for status in (400, 401, 403, 422, 500)})
+    async def admin_reload(authorization: str | None = Header(None)) -> Response:
+        """Reload the catalog from disk (bearer token: GATEKEEPER_ADMIN_TOKEN); a bad catalog keeps the old one."""
+        refusal = _check_admin(settings, authorization)
+        if refusal is not None:
+            return refusal
+        try:
+            return JSONResponse(ReloadResponse(**await state.reload()).model_dump())
+        except CatalogError as error:
+            return _error(422, error_body("the new catalog is invalid; the previous one is still serving",
+                                          "invalid_catalog", "invalid_catalog",
+                                          problems=[str(problem) for problem in error.problems]))
+        except Exception as error:  # e.g. UserError, EmbeddingError, OSError: reported, old gate kept
+            return _error(400, error_body(f"the reload failed, the previous catalog is still serving: "
+                                          f"{type(error).__name__}: {error}", "reload_failed", "reload_failed"))
+
+    return app
+
+
+def _gate_headers(outcome: ChatOutcome) -> dict[str, str]:
+    """The ``x-gatekeeper-*`` headers of a chat completion response."""
+    decision = outcome.decision
+    headers = {"x-gatekeeper-decision": outcome.action,
+               "x-gatekeeper-intent": decision.intent if decision is not None and decision.intent else "none"}
+    if decision is not None:
+        headers["x-gatekeeper-score"] = f"{decision.score:.4f}"
+    if outcome.followup:
+        headers["x-gatekeeper-followup"] = "true"
+    return headers
+
+
+def _check_admin(settings: ServerSettings, authorization: str | None) -> Response | None:
+    """None if the bearer token is right; else the 403 (disabled) or 401 response."""
+    if settings.admin_token is None:
+        return _error(403, error_body("the admin endpoint is disabled; set GATEKEEPER_ADMIN_TOKEN (or admin_token "
+                                      "in the config file) to enable it", "permission_error", "admin_disabled"))
+    expected = f"Bearer {settings.admin_token.get_secret_value()}".encode()
+    if not authorization or not hmac.compare_digest(authorization.encode(), expected):
+        return _error(401, error_body("missing or wrong bearer token for the admin endpoint",
+                                      "authentication_error", "invalid_admin_token"),
+                      {"www-authenticate": "Bearer"})
+    return None
+
+
+def _error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error as OpenAI-style JSON: bad JSON 400, bad schema 422, not ready 503, HTTP errors as they are."""
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, error: RequestValidationError) -> JSONResponse:
+        try:
+            json.loads(await request.body())
+        except ValueError as bad_json:
+            return _error(400, error_body(f"the request body is not valid JSON: {bad_json}", "invalid_request_error",
+                                          "invalid_json"))
+        problems = error.errors()
+        described = [f"{'.'.join(str(part) for part in problem['loc'][1:]) or 'body'}: {problem['msg']}"
+                     for problem in problems]
+        param = ".".join(str(part) for part in problems[0]["loc"][1:]) or None
+        return _error(422, error_body("invalid request: " + "; ".join(described), "invalid_request_error",
+                                      "invalid_request", param))
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_: Request, error: NotReady) -> JSONResponse:
+        return _error(503, error_body(f"the gate is not ready: {error}", "service_unavailable", "not_ready"))
+
+    @app.exception_handler(EmbeddingFailure)
+    async def embedding_failed(_: Request, error: EmbeddingFailure) -> JSONResponse:
+        return _error(503, error_body(f"the embedding backend failed: {error}", "service_unavailable",
+                                      "embedding_failed"))
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, error: HTTPException) -> JSONResponse:
+        return _error(error.status_code, error_body(str(error.detail), "invalid_request_error", None),
+                      getattr(error, "headers", None))
+
+
+def _watch_sighup(state: GateState, background: set[asyncio.Task]) -> Callable[[], None]:
+    """Reload on SIGHUP (main thread only); returns the function that stops watching."""
+    loop = asyncio.get_running_loop()
+
+    def on_sighup() -> None:
+        log.info("sighup_reload", extra={"catalog": state.catalog_path})
+        _keep(background, asyncio.create_task(_reload_logged(state)))
+
+    try:
+        loop.add_signal_handler(signal.SIGHUP, on_sighup)
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError):
+        log.info("sighup_unavailable", extra={"reason": "not the main thread or no SIGHUP; use POST /admin/reload"})
+        return lambda: None
+    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+
+async def _reload_logged(state: GateState) -> None:
+    try:
+        await state.reload()
+    except Exception:  # already logged and counted by GateState.reload; the old gate keeps serving
+        return
+
+
+def _keep(tasks: set[asyncio.Task], task: asyncio.Task) -> None:
+    """Hold a reference to a background task until it is done."""
+    tasks.add(task)
+    task.add_done_callback(tasks.discard)

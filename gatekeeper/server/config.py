@@ -1,0 +1,189 @@
+"""The sidecar's settings: one typed model, filled from flags > env > config file > defaults.
+
+:class:`ServerSettings` is the single source of truth. Every field can be set
+in a YAML config file (same key), by ``GATEKEEPER_<KEY>`` in the environment,
+and, unless it is a secret, by a ``--key-with-dashes`` flag generated from the
+field itself (so flags, env and file can never drift apart). Secrets
+(``upstream_api_key``, ``admin_token``) are never accepted as flags, which
+would show them in ``ps``; they are masked whenever settings are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, get_args, get_origin
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from gatekeeper.catalog import default_catalog_path
+from gatekeeper.errors import UserError
+
+ENV_PREFIX = "GATEKEEPER_"
+CONFIG_ENV = "GATEKEEPER_CONFIG"
+MASK = "***"
+
+Mode = Literal["enforce", "shadow"]
+EmbeddingFailurePolicy = Literal["fail_open", "fail_closed"]
+TextLogging = Literal["hash", "redact", "keep"]
+
+
+class ServerSettings(BaseModel):
+    """Everything ``gatekeeper serve`` can be configured with."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    catalog: str = Field(default_factory=default_catalog_path,
+                         description="catalog file or directory")
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8080, ge=0, le=65535, description="port to listen on")
+    mode: Mode = Field("enforce", description="enforce: answer off-topic messages with the canned reply; "
+                                              "shadow: forward everything, record what would be rejected")
+    upstream_base_url: str | None = Field(None, description="OpenAI-compatible base URL, e.g. "
+                                                            "http://127.0.0.1:8000/v1 (unset: /v1/gate only)")
+    upstream_api_key: SecretStr | None = Field(None, description="key sent upstream when the caller sends no "
+                                                                 "Authorization header (env or file only)")
+    upstream_timeout_s: float = Field(60.0, gt=0, description="upstream read timeout: time to the response "
+                                                              "headers and between stream chunks (504 past it)")
+    upstream_connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
+    embedding_failure: EmbeddingFailurePolicy = Field("fail_open", description="when the encoder fails: "
+                                                      "fail_open forwards, fail_closed sends the canned reply")
+    max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
+    threads: int = Field(1, ge=1, description="CPU threads per encoder call")
+    batch_max_size: int = Field(64, ge=1, description="most messages per micro-batched encoder call")
+    batch_wait_us: int = Field(300, ge=0, description="under load, how long to collect a micro-batch "
+                                                      "(microseconds); an idle server never waits")
+    context_turns: int = Field(2, ge=0, description="earlier user turns that may rescue a short follow-up "
+                                                    "(0: gate the latest message alone)")
+    followup_max_tokens: float = Field(12.0, ge=0, description="a follow-up must be at most this many "
+                                                               "estimated tokens")
+    followup_max_similarity: float = Field(0.6, ge=-1, le=1, description="a follow-up must have no catalog "
+                                           "example (in or out of scope) this similar (cosine)")
+    decision_log: str | None = Field(None, description="append sampled decisions to this JSONL file")
+    decision_log_sample: float = Field(1.0, ge=0, le=1, description="share of decisions logged")
+    decision_log_text: TextLogging = Field("hash", description="message text in the decision log: "
+                                                               "hash (sha256), redact (left out) or keep")
+    admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload "
+                                                            "(env or file only; unset: endpoint disabled)")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+
+#: Fields never taken from the command line.
+SECRET_FIELDS = frozenset(name for name, field in ServerSettings.model_fields.items()
+                          if SecretStr in get_args(field.annotation))
+
+
+def env_name(field: str) -> str:
+    """The environment variable of a settings field: ``GATEKEEPER_`` + upper-case name."""
+    return ENV_PREFIX + field.upper()
+
+
+def add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    """Add a ``--flag`` for every non-secret field (default None, so unset flags don't override)."""
+    parser.add_argument("--config", metavar="FILE.yaml", default=None,
+                        help=f"YAML config file with settings keys (default: ${CONFIG_ENV})")
+    for name, field in ServerSettings.model_fields.items():
+        if name in SECRET_FIELDS:
+            continue
+        flag = "--" + name.replace("_", "-")
+        annotation = field.annotation
+        choices = _literal_choices(annotation)
+        help_text = f"{field.description} (env {env_name(name)})"
+        if choices:
+            parser.add_argument(flag, choices=choices, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, type=_scalar_type(annotation), default=None, help=help_text)
+
+
+def resolve_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = None,
+                     config_file: str | Path | None = None) -> tuple[ServerSettings, dict[str, str]]:
+    """Merge defaults < config file < env < flags into :class:`ServerSettings`.
+
+    ``flags`` maps field names to values, None meaning "not given". The config
+    file defaults to ``$GATEKEEPER_CONFIG``. Returns the settings and, per
+    field, where its value came from ('default', 'file', 'env' or 'flag').
+    Raises :class:`UserError` naming the field and source of any bad value.
+    """
+    env = os.environ if env is None else env
+    config_file = config_file or env.get(CONFIG_ENV)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file:
+        layers.append(("file", _read_config_file(Path(config_file))))
+    layers.append(("env", {name: env[env_name(name)] for name in ServerSettings.model_fields
+                           if env.get(env_name(name), "") != ""}))
+    layers.append(("flag", {name: value for name, value in flags.items()
+                            if value is not None and name in ServerSettings.model_fields
+                            and name not in SECRET_FIELDS}))
+    values: dict[str, Any] = {}
+    sources = {name: "default" for name in ServerSettings.model_fields}
+    for source, layer in layers:
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    try:
+        return ServerSettings.model_validate(values), sources
+    except ValidationError as error:
+        problems = []
+        for item in error.errors():
+            name = str(item["loc"][0]) if item["loc"] else "?"
+            where = {"file": f"config file {config_file}", "env": env_name(name),
+                     "flag": "--" + name.replace("_", "-")}.get(sources.get(name, ""), "settings")
+            problems.append(f"{name} (from {where}): {item['msg']}")
+        raise UserError("invalid server settings:\n  " + "\n  ".join(problems)) from None
+
+
+def masked(settings: ServerSettings) -> dict[str, Any]:
+    """The settings as plain data with every secret masked (also a password inside the upstream URL)."""
+    data = settings.model_dump()
+    for name in SECRET_FIELDS:
+        data[name] = MASK if data[name] is not None else None
+    if settings.upstream_base_url:
+        data["upstream_base_url"] = mask_url(settings.upstream_base_url)
+    return data
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any ``user:password@`` part masked."""
+    parts = urlsplit(url)
+    if not parts.username and not parts.password:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{MASK}@{parts.hostname or ''}"
+                                            + (f":{parts.port}" if parts.port else "")))
+
+
+def describe(settings: ServerSettings, sources: Mapping[str, str]) -> str:
+    """The effective configuration as aligned ``key = value  (source)`` lines, secrets masked."""
+    data = masked(settings)
+    width = max(map(len, data))
+    return "\n".join(f"{name:<{width}} = {data[name]!s:<40} ({sources.get(name, 'default')})" for name in data)
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path}: config file not found; pass --config FILE.yaml or unset {CONFIG_ENV}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}: not valid YAML ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the config file must be a mapping of settings keys to values")
+    unknown = sorted(set(data) - set(ServerSettings.model_fields))
+    if unknown:
+        raise UserError(f"{path}: unknown settings {', '.join(unknown)}; known: "
+                        f"{', '.join(ServerSettings.model_fields)}")
+    return data
+
+
+def _literal_choices(annotation: Any) -> list[str] | None:
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return None
+
+
+def _scalar_type(annotation: Any) -> type:
+    for candidate in (int, float):
+        if annotation is candidate:
+            return candidate
+    return str

@@ -1,0 +1,36 @@
+"""``gatekeeper serve``: run the sidecar with uvicorn (one worker; scale with replicas)."""
+
+from __future__ import annotations
+
+import argparse
+
+from gatekeeper.catalog import load_catalog
+from gatekeeper.server.config import ServerSettings, add_settings_flags, describe, resolve_settings
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``serve`` subcommand, with a flag for every non-secret setting."""
+    parser = subparsers.add_parser(
+        "serve", help="run the HTTP sidecar (OpenAI-compatible gate in front of an LLM)",
+        description="Settings come from flags > GATEKEEPER_* environment variables > --config file > defaults. "
+                    "Secrets (GATEKEEPER_UPSTREAM_API_KEY, GATEKEEPER_ADMIN_TOKEN) only from env or file.")
+    add_settings_flags(parser)
+    parser.set_defaults(handler=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the effective configuration (secrets masked), check the catalog, then serve until stopped."""
+    import uvicorn
+
+    from gatekeeper.logs import configure_logging
+    from gatekeeper.server.app import create_app
+
+    flags = {name: getattr(args, name, None) for name in ServerSettings.model_fields}
+    settings, sources = resolve_settings(flags, config_file=args.config)
+    configure_logging(settings.log_level)
+    print("gatekeeper serve: effective configuration (source in brackets)", flush=True)
+    print(describe(settings, sources), flush=True)
+    load_catalog(settings.catalog)  # a bad catalog is a usage error (exit 2), before anything starts
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level,
+                workers=1)
+    return 0

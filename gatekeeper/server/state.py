@@ -1,0 +1,101 @@
+"""The live gate, its first load, and atomic reloads.
+
+A reload builds the new :class:`Gate` in a worker thread while the old one
+keeps serving, then swaps one reference; requests in flight finish on the gate
+they started with. The embedder is reused when the catalog's ``model``
+section is unchanged, so a reload does not load the model again. A catalog
+that fails to load leaves the old gate serving and raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Callable
+
+from gatekeeper.catalog import load_catalog
+from gatekeeper.gate import Gate
+from gatekeeper.server.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+#: Builds a gate: (catalog path, embedder to reuse or None, threads) -> Gate.
+GateLoader = Callable[..., Gate]
+
+
+class NotReady(Exception):
+    """No gate is loaded yet (or the first load failed)."""
+
+
+class GateState:
+    """Holds the gate being served and swaps it on reload."""
+
+    def __init__(self, catalog_path: str | Path, metrics: Metrics, threads: int = 1, gate: Gate | None = None,
+                 loader: GateLoader = Gate.load):
+        self.catalog_path = str(catalog_path)
+        self.metrics = metrics
+        self.threads = threads
+        self.load_error: str | None = None
+        self._loader = loader
+        self._lock = asyncio.Lock()
+        self._gate: Gate | None = None
+        if gate is not None:
+            self._install(gate)
+
+    @property
+    def gate(self) -> Gate:
+        """The gate now serving; raises :class:`NotReady` before the first successful load."""
+        if self._gate is None:
+            raise NotReady(self.load_error or "the catalog is still loading")
+        return self._gate
+
+    @property
+    def ready(self) -> bool:
+        """Whether a gate is loaded."""
+        return self._gate is not None
+
+    async def load(self) -> None:
+        """First load (in a worker thread); a failure is kept in :attr:`load_error`, not raised."""
+        try:
+            await self.reload()
+        except Exception as error:  # reported by /readyz and the log; the process stays up for /healthz
+            self.load_error = f"{type(error).__name__}: {error}"
+            log.error("catalog_load_failed", extra={"catalog": self.catalog_path, "error": self.load_error})
+
+    async def reload(self) -> dict:
+        """Build a new gate from the catalog on disk and swap it in; returns a summary.
+
+        Raises whatever loading raised (e.g. :class:`gatekeeper.catalog.CatalogError`),
+        with the old gate still serving.
+        """
+        async with self._lock:
+            started = time.perf_counter()
+            current = self._gate
+            try:
+                gate, reused = await asyncio.to_thread(self._build, current)
+            except Exception as error:
+                self.metrics.reloads.labels(result="failure").inc()
+                log.warning("catalog_reload_failed", extra={"catalog": self.catalog_path,
+                                                            "error": f"{type(error).__name__}: {error}"})
+                raise
+            self._install(gate)
+            self.load_error = None
+            self.metrics.reloads.labels(result="success").inc()
+            summary = {"catalog": gate.catalog.name, "path": self.catalog_path, "intents": len(gate.catalog.intents),
+                       "fingerprint": gate.artifacts.fingerprint, "rebuilt": gate.rebuilt, "embedder_reused": reused,
+                       "seconds": round(time.perf_counter() - started, 3)}
+            log.info("catalog_loaded", extra=summary)
+            return summary
+
+    def _build(self, current: Gate | None) -> tuple[Gate, bool]:
+        catalog = load_catalog(self.catalog_path)
+        reuse = current.embedder if current is not None and current.catalog.model == catalog.model else None
+        return self._loader(self.catalog_path, embedder=reuse, threads=self.threads), reuse is not None
+
+    def _install(self, gate: Gate) -> None:
+        self._gate = gate
+        self.metrics.set_catalog(catalog=gate.catalog.name, fingerprint=gate.artifacts.fingerprint,
+                                 model=str(gate.artifacts.meta.get("model", gate.embedder.fingerprint)),
+                                 intents=len(gate.catalog.intents))

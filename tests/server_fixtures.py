@@ -1,0 +1,184 @@
+"""Fixtures for the sidecar tests: a recording fake LLM upstream and a real uvicorn server, both on loopback.
+
+Import the fixtures into a test module with
+``from tests.server_fixtures import fake_upstream, start_sidecar  # noqa: F401``.
+
+The fake upstream (stdlib ``http.server``, real HTTP and SSE) records every
+request and behaves according to the request's ``model``:
+
+* ``mock-500``: HTTP 500 with an error body;
+* ``mock-401``: HTTP 401 with an OpenAI-style error body;
+* ``mock-slow``: answers only after :data:`SLOW_SECONDS`;
+* anything else: a ``chat.completion`` (or, with ``stream: true``, three SSE
+  chunks a little apart, then ``[DONE]``) echoing the last user message.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable, Iterator
+
+import pytest
+import uvicorn
+from prometheus_client import CollectorRegistry
+
+from gatekeeper.gate import Gate
+from gatekeeper.server.app import create_app
+from gatekeeper.server.config import ServerSettings
+
+SLOW_SECONDS = 3.0
+STREAM_PIECES = ("Hello", " from", " upstream")
+START_TIMEOUT_S = 20.0
+
+
+@dataclass
+class RecordedRequest:
+    """One request the fake upstream received."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict
+
+
+@dataclass
+class FakeUpstream:
+    """A running fake upstream."""
+
+    server: ThreadingHTTPServer
+    requests: list[RecordedRequest] = field(default_factory=list)
+
+    @property
+    def base_url(self) -> str:
+        """The OpenAI-style base URL (ending in /v1)."""
+        return f"http://127.0.0.1:{self.server.server_port}/v1"
+
+
+def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            """Quiet."""
+
+        def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+            upstream.requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                     body))
+            model = body.get("model")
+            if model == "mock-500":
+                return self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
+            if model == "mock-401":
+                return self._json(401, {"error": {"message": "bad key", "type": "invalid_request_error",
+                                                  "code": "invalid_api_key"}})
+            if model == "mock-slow":
+                time.sleep(SLOW_SECONDS)
+            last = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
+                        "")
+            if body.get("stream"):
+                return self._stream(model)
+            self._json(200, {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
+                             "choices": [{"index": 0, "finish_reason": "stop",
+                                          "message": {"role": "assistant", "content": f"echo: {last}"}}],
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+
+        def _json(self, status: int, payload: dict) -> None:
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(data)))
+            self.send_header("x-upstream", "fake")
+            self.end_headers()
+            self.wfile.write(data)
+
+        def _stream(self, model: str) -> None:
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            events = [{"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
+                       "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                      for piece in STREAM_PIECES]
+            events[-1]["choices"][0]["finish_reason"] = "stop"
+            for event in [*(f"data: {json.dumps(e)}\n\n" for e in events), "data: [DONE]\n\n"]:
+                data = event.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+                self.wfile.flush()
+                time.sleep(0.05)
+            self.wfile.write(b"0\r\n\r\n")
+
+    return Handler
+
+
+@pytest.fixture
+def fake_upstream() -> Iterator[FakeUpstream]:
+    """A recording fake OpenAI-compatible upstream on 127.0.0.1 (a free port)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    upstream = FakeUpstream(server)
+    server.RequestHandlerClass = _handler(upstream)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield upstream
+    server.shutdown()
+    server.server_close()
+    thread.join(5)
+
+
+@dataclass
+class RunningSidecar:
+    """A sidecar served by uvicorn in a background thread."""
+
+    base_url: str
+    app: object
+    registry: CollectorRegistry
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    def metric(self, name: str, **labels: str) -> float:
+        """A sample's current value (0 if it has not been recorded)."""
+        return self.registry.get_sample_value(name, labels) or 0.0
+
+    def stop(self) -> None:
+        """Ask uvicorn to exit and wait for it (bounded)."""
+        self.server.should_exit = True
+        self.thread.join(START_TIMEOUT_S)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def start_sidecar() -> Iterator[Callable[..., RunningSidecar]]:
+    """Factory: ``start_sidecar(gate, **settings)`` serves ``gate`` on a free loopback port until the test ends."""
+    running: list[RunningSidecar] = []
+
+    def start(gate: Gate | None, **settings: object) -> RunningSidecar:
+        settings.setdefault("catalog", gate.catalog_path if gate is not None else "intents")
+        registry = CollectorRegistry()
+        app = create_app(ServerSettings(**settings), gate=gate, registry=registry)
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not server.started and thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert server.started, "the sidecar did not start"
+        sidecar = RunningSidecar(f"http://127.0.0.1:{port}", app, registry, server, thread)
+        running.append(sidecar)
+        return sidecar
+
+    yield start
+    for sidecar in running:
+        sidecar.stop()
