@@ -1,0 +1,195 @@
+"""Reproduce the quality table of docs/quality.md on the shared datasets.
+
+    python benchmarks/quality.py [--datasets clinc150 smp2017] [--json OUT]
+
+Protocol for every row: build a catalog from the train split, pick the
+threshold on the validation split (5% false rejects unless the row says
+otherwise), measure on the test split. Rows:
+
+* ``maxcos (naive)``: max cosine to any in-scope training example, the
+  reference baseline of issue #4;
+* ``nearest``: gatekeeper's nearest-prototype scorer (out-of-scope examples
+  as negatives), tuned threshold;
+* ``head, auto``: the default scorer with the ``auto`` threshold from the
+  catalog alone (no validation data);
+* ``head, tuned``: the default protocol (``import`` -> ``tune`` -> ``eval``);
+* ``zero-shot``: descriptions only, written from the intent names;
+* ``held-out intents``: a fifth of the intents removed from the catalog and
+  counted as out of scope in validation and test, to check generalisation to
+  off-topic traffic the catalog never described.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from gatekeeper.catalog_schema import intent_name_for_label  # noqa: E402
+from gatekeeper.commands.import_cmd import catalog_document  # noqa: E402
+from gatekeeper.evaluation import ScoredSet, metrics, score_rows  # noqa: E402
+from gatekeeper.gate import Gate  # noqa: E402
+from gatekeeper.thresholds import threshold_for_false_reject  # noqa: E402
+from gatekeeper.tune import Policy, tune  # noqa: E402
+from gatekeeper.tuning_file import save_tuning  # noqa: E402
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+DATASETS = {"clinc150": ("clinc150", {"oos"}), "smp2017": ("smp2017_ecdt", {"chat"})}
+METRICS = ("in_scope_accuracy", "auroc", "oos_recall", "false_reject_rate", "fpr_at_95_tpr")
+HELD_OUT_SHARE = 0.2
+
+
+def read_split(folder: str, split: str) -> list[tuple[str, str]]:
+    """(text, label) rows of one split."""
+    with open(DATA / folder / f"{split}.jsonl", encoding="utf-8") as handle:
+        return [(row["text"], row["label"]) for row in map(json.loads, handle)]
+
+
+def write_catalog(folder: Path, name: str, document: dict) -> Path:
+    """Write a catalog document as YAML and return its path."""
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def tuned_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
+    """``tune`` on validation, then ``eval`` on test, as the CLI does."""
+    gate = Gate.load(path, embedder=embedder)
+    result = tune(gate, score_rows(gate, valid, oos, show_progress=False), Policy(), per_intent=False,
+                  override=False)
+    save_tuning(path, result.tuning)
+    gate = Gate.load(path, embedder=gate.embedder)
+    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router.thresholds.per_intent)
+
+
+def auto_metrics(path: Path, embedder, test: list, oos: set[str]) -> dict:
+    """``eval`` on test with the catalog's ``auto`` threshold."""
+    gate = Gate.load(path, embedder=embedder)
+    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router.thresholds.per_intent)
+
+
+def naive_maxcos(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
+    """Max cosine to any in-scope example; threshold at 5% false rejects on validation."""
+    gate = Gate.load(path, embedder=embedder)
+    index = gate.artifacts.index
+    inside = index.labels >= 0
+    prototypes, labels = index.vectors[inside], index.labels[inside]
+
+    def scored(rows: list) -> ScoredSet:
+        base = score_rows(gate, rows, oos, show_progress=False)
+        sims = gate.embed(base.texts) @ prototypes.T
+        per_intent = np.full((len(base.texts), len(gate.catalog.intents)), -1.0, dtype=np.float32)
+        for intent in range(per_intent.shape[1]):
+            per_intent[:, intent] = sims[:, labels == intent].max(axis=1)
+        base.batch.intent_scores, base.batch.score = per_intent, per_intent.max(axis=1)
+        return base
+
+    validation = scored(valid)
+    threshold = threshold_for_false_reject(validation.scores[validation.in_scope], 0.05)
+    return metrics(scored(test), np.full(len(gate.catalog.intents), threshold))
+
+
+def nearest_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
+    """The nearest-prototype scorer on the same index, threshold at 5% false rejects on validation."""
+    from gatekeeper.router import Router
+    from gatekeeper.scoring import NearestPrototypeScorer
+
+    gate = Gate.load(path, embedder=embedder)
+    scorer = NearestPrototypeScorer(gate.artifacts.index, len(gate.catalog.intents))
+    gate.router = Router(gate.catalog, scorer, gate.router.thresholds)
+    validation = score_rows(gate, valid, oos, show_progress=False)
+    threshold = threshold_for_false_reject(validation.scores[validation.in_scope], 0.05)
+    return metrics(score_rows(gate, test, oos, show_progress=False), np.full(len(gate.catalog.intents), threshold))
+
+
+def zero_shot_document(train: list, oos: set[str], name: str) -> dict:
+    """A catalog with only a description per intent, written from the label name."""
+    labels = list(dict.fromkeys(label for _, label in train if label not in oos))
+    return {"version": 1, "name": name,
+            "intents": [{"name": intent_name_for_label(label), "description": label.replace("_", " ")}
+                        for label in labels]}
+
+
+def held_out_split(train: list, valid: list, test: list, oos: set[str], seed: int = 0):
+    """Drop a random fifth of the intents from train; relabel their rows as out of scope elsewhere."""
+    labels = sorted({label for _, label in train if label not in oos})
+    rng = np.random.default_rng(seed)
+    dropped = set(rng.choice(labels, size=max(1, int(len(labels) * HELD_OUT_SHARE)), replace=False))
+    marker = next(iter(oos))
+
+    def relabel(rows: list) -> list:
+        return [(text, marker if label in dropped else label) for text, label in rows]
+
+    return [(t, l) for t, l in train if l not in dropped], relabel(valid), relabel(test), len(dropped)
+
+
+def run_dataset(key: str, work: Path, embedder) -> list[dict]:
+    """Every row of the table for one dataset."""
+    folder, oos = DATASETS[key]
+    train, valid, test = (read_split(folder, split) for split in ("train", "validation", "test"))
+    rows = []
+
+    def row(mode: str, started: float, values: dict) -> None:
+        rows.append({"dataset": key, "mode": mode, **{m: values.get(m) for m in METRICS},
+                     "seconds": round(time.perf_counter() - started, 1)})
+        print(format_row(rows[-1]), flush=True)
+
+    started = time.perf_counter()
+    path = write_catalog(work, key, catalog_document(train, oos, key))
+    Gate.load(path, embedder=embedder)  # build once; the modes below reuse it
+    row("build", started, {})
+    for mode, measure in (("maxcos (naive)", lambda: naive_maxcos(path, embedder, valid, test, oos)),
+                          ("nearest", lambda: nearest_metrics(path, embedder, valid, test, oos)),
+                          ("head, auto", lambda: auto_metrics(path, embedder, test, oos)),
+                          ("head, tuned", lambda: tuned_metrics(path, embedder, valid, test, oos))):
+        started = time.perf_counter()
+        row(mode, started, measure())
+    started = time.perf_counter()
+    zero = write_catalog(work, f"{key}-zero-shot", zero_shot_document(train, oos, f"{key}-zero-shot"))
+    row("zero-shot, tuned", started, tuned_metrics(zero, embedder, valid, test, oos))
+    started = time.perf_counter()
+    kept, h_valid, h_test, n_dropped = held_out_split(train, valid, test, oos)
+    held = write_catalog(work, f"{key}-held-out", catalog_document(kept, oos, f"{key}-held-out"))
+    row(f"held-out intents ({n_dropped}), tuned", started, tuned_metrics(held, embedder, h_valid, h_test, oos))
+    return rows
+
+
+def format_row(row: dict) -> str:
+    """One line of the printed table."""
+    cells = [f"{row[m]:.3f}" if isinstance(row[m], float) else "  -  " for m in METRICS]
+    return f"{row['dataset']:<9} {row['mode']:<30} " + " ".join(f"{c:>8}" for c in cells) + f" {row['seconds']:>7}"
+
+
+def main() -> None:
+    """Run the selected datasets, print the table and write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
+    parser.add_argument("--json", default="benchmarks/results/quality.json", help="where to write the results")
+    args = parser.parse_args()
+    from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
+
+    with tempfile.TemporaryDirectory(prefix="gatekeeper-quality-") as work:
+        os.environ["GATEKEEPER_STATE_DIR"] = str(Path(work) / "state")
+        embedder = UseMultilingualEmbedder(threads=2)
+        print(f"{'dataset':<9} {'mode':<30} " + " ".join(f"{m[:8]:>8}" for m in
+                                                          ("accuracy", "auroc", "oos_rec", "fr_rate", "fpr@95")) +
+              f" {'seconds':>7}")
+        rows = [row for key in args.datasets for row in run_dataset(key, Path(work), embedder)]
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "model": embedder.fingerprint, "rows": rows},
+                              indent=2), encoding="utf-8")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
