@@ -114,13 +114,19 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        """The sidecar hanging up on a slow answer (timeout tests) is expected: no traceback."""
+
+
 @pytest.fixture
 def fake_upstream() -> Iterator[FakeUpstream]:
     """A recording fake OpenAI-compatible upstream on 127.0.0.1 (a free port)."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    server = _QuietServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
     upstream = FakeUpstream(server)
     server.RequestHandlerClass = _handler(upstream)
-    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield upstream
@@ -142,6 +148,17 @@ class RunningSidecar:
     def metric(self, name: str, **labels: str) -> float:
         """A sample's current value (0 if it has not been recorded)."""
         return self.registry.get_sample_value(name, labels) or 0.0
+
+    def settled_metric(self, name: str, expected: float, **labels: str) -> float:
+        """The sample's value once it equals ``expected`` or 2 s have passed.
+
+        For metrics recorded after the response is sent (request counts, the
+        in-flight gauge), which a client can read a moment too early.
+        """
+        deadline = time.monotonic() + 2.0
+        while self.metric(name, **labels) != expected and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.metric(name, **labels)
 
     def stop(self) -> None:
         """Ask uvicorn to exit and wait for it (bounded)."""
@@ -182,3 +199,14 @@ def start_sidecar() -> Iterator[Callable[..., RunningSidecar]]:
     yield start
     for sidecar in running:
         sidecar.stop()
+
+
+#: Messages for the bundled telecom catalog (intents/telecom_zh.yaml).
+ON_TOPIC = "我这个月话费怎么扣了这么多"
+OFF_TOPIC = "今天天气怎么样"
+OFF_TOPIC_EN = "what's a good recipe for lasagne?"
+
+
+def chat_body(text: str, **extra: object) -> dict:
+    """A one-turn chat completion request."""
+    return {"model": "test-model", "messages": [{"role": "user", "content": text}], **extra}

@@ -59,7 +59,7 @@ class GateState:
     async def load(self) -> None:
         """First load (in a worker thread); a failure is kept in :attr:`load_error`, not raised."""
         try:
-            await self.reload()
+            await self._replace(count=False)
         except Exception as error:  # reported by /readyz and the log; the process stays up for /healthz
             self.load_error = f"{type(error).__name__}: {error}"
             log.error("catalog_load_failed", extra={"catalog": self.catalog_path, "error": self.load_error})
@@ -68,21 +68,26 @@ class GateState:
         """Build a new gate from the catalog on disk and swap it in; returns a summary.
 
         Raises whatever loading raised (e.g. :class:`gatekeeper.catalog.CatalogError`),
-        with the old gate still serving.
+        with the old gate still serving. Counted in ``gatekeeper_reloads_total``.
         """
+        return await self._replace(count=True)
+
+    async def _replace(self, count: bool) -> dict:
         async with self._lock:
             started = time.perf_counter()
             current = self._gate
             try:
                 gate, reused = await asyncio.to_thread(self._build, current)
             except Exception as error:
-                self.metrics.reloads.labels(result="failure").inc()
+                if count:
+                    self.metrics.reloads.labels(result="failure").inc()
                 log.warning("catalog_reload_failed", extra={"catalog": self.catalog_path,
                                                             "error": f"{type(error).__name__}: {error}"})
                 raise
             self._install(gate)
             self.load_error = None
-            self.metrics.reloads.labels(result="success").inc()
+            if count:
+                self.metrics.reloads.labels(result="success").inc()
             summary = {"catalog": gate.catalog.name, "path": self.catalog_path, "intents": len(gate.catalog.intents),
                        "fingerprint": gate.artifacts.fingerprint, "rebuilt": gate.rebuilt, "embedder_reused": reused,
                        "seconds": round(time.perf_counter() - started, 3)}
