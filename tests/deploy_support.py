@@ -16,6 +16,14 @@ from tests.conftest import REPO
 DEPLOY = REPO / "deploy"
 PROMETHEUS_DIR = DEPLOY / "prometheus"
 DASHBOARD = DEPLOY / "grafana" / "dashboards" / "gatekeeper.json"
+#: The sidecar's metrics (a contract with the server): the dashboard must use every one.
+METRICS = [
+    "gatekeeper_decisions_total", "gatekeeper_rejected_calls_total", "gatekeeper_shadow_rejections_total",
+    "gatekeeper_score", "gatekeeper_gate_latency_seconds", "gatekeeper_upstream_latency_seconds",
+    "gatekeeper_upstream_errors_total", "gatekeeper_llm_calls_saved_total", "gatekeeper_tokens_saved_total",
+    "gatekeeper_catalog_info", "gatekeeper_reloads_total", "gatekeeper_in_flight_requests",
+    "gatekeeper_embedding_failures_total", "gatekeeper_requests_total", "gatekeeper_batch_size",
+]
 
 #: What the Grafana variables the dashboard uses stand for when its queries run outside Grafana.
 GRAFANA_VARIABLES = {

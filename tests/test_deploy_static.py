@@ -20,7 +20,7 @@ from gatekeeper.build import STATE_ENV
 from gatekeeper.catalog import CATALOG_ENV, load_catalog
 from gatekeeper.server.config import ServerSettings, env_name
 from tests.conftest import INTENTS, REPO
-from tests.deploy_support import DASHBOARD, DEPLOY, load_dashboard, panel_queries, require
+from tests.deploy_support import DASHBOARD, DEPLOY, METRICS, load_dashboard, panel_queries, require
 
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "docker-compose.yml"
@@ -28,14 +28,6 @@ DOCKERFILE = DEPLOY / "Dockerfile"
 GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 #: Kubernetes versions the manifests must be valid for: the oldest still common, and the newest known.
 K8S_VERSIONS = ["1.29", "1.37"]
-#: The sidecar's metrics (a contract with the server): the dashboard must use every one.
-METRICS = [
-    "gatekeeper_decisions_total", "gatekeeper_rejected_calls_total", "gatekeeper_shadow_rejections_total",
-    "gatekeeper_score", "gatekeeper_gate_latency_seconds", "gatekeeper_upstream_latency_seconds",
-    "gatekeeper_upstream_errors_total", "gatekeeper_llm_calls_saved_total", "gatekeeper_tokens_saved_total",
-    "gatekeeper_catalog_info", "gatekeeper_reloads_total", "gatekeeper_in_flight_requests",
-    "gatekeeper_embedding_failures_total", "gatekeeper_requests_total", "gatekeeper_batch_size",
-]
 #: Environment variables the server reads besides its settings fields.
 OTHER_ENV = {STATE_ENV, CATALOG_ENV, "GATEKEEPER_CONFIG", "GATEKEEPER_EMBEDDING_API_KEY"}
 
