@@ -1,0 +1,152 @@
+"""The decision-only API, health and readiness, the metrics endpoint and the decision log."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+
+import httpx
+import pytest
+
+from gatekeeper.commands.common import labelled_rows
+from gatekeeper.router import Decision
+from gatekeeper.server.decision_log import DecisionLog
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, start_sidecar  # noqa: F401
+
+
+@pytest.fixture
+def sidecar(telecom_gate, start_sidecar):
+    """A sidecar without upstream: /v1/gate needs none."""
+    return start_sidecar(telecom_gate)
+
+
+def gate(sidecar, body: dict) -> httpx.Response:
+    return httpx.post(f"{sidecar.base_url}/v1/gate", json=body, timeout=10)
+
+
+def test_gate_one_text_matches_the_library_decision(sidecar, telecom_gate):
+    for text in (ON_TOPIC, OFF_TOPIC):
+        response = gate(sidecar, {"text": text})
+        assert response.status_code == 200
+        assert response.json() == {**telecom_gate.decide(text).to_dict(), "followup": False}
+
+
+def test_gate_batch_keeps_order_and_unscorable_messages(sidecar):
+    decisions = gate(sidecar, {"texts": [ON_TOPIC, "   ", OFF_TOPIC]}).json()["decisions"]
+    assert [d["accepted"] for d in decisions] == [True, False, False]
+    assert decisions[1]["reason"] == "empty_input"
+    assert sidecar.metric("gatekeeper_decisions_total", decision="rejected", intent="none", mode="enforce") == 1
+
+
+def test_gate_messages_uses_the_conversation(sidecar):
+    messages = [{"role": "system", "content": "你是客服"}, {"role": "user", "content": ON_TOPIC},
+                {"role": "assistant", "content": "好的"}, {"role": "user", "content": "那另一个呢?"}]
+    decision = gate(sidecar, {"messages": messages}).json()
+    assert decision["accepted"] is True
+    assert decision["followup"] is True
+    assert decision["text"] == "那另一个呢?"
+    alone = gate(sidecar, {"messages": messages[-1:]}).json()
+    assert alone["accepted"] is False and alone["followup"] is False
+
+
+def test_gate_does_not_need_an_upstream_and_never_calls_one(telecom_gate, fake_upstream, start_sidecar):
+    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+    assert gate(sidecar, {"text": ON_TOPIC}).json()["accepted"] is True
+    assert fake_upstream.requests == []
+
+
+def test_openapi_schema_documents_the_typed_models(sidecar):
+    schema = httpx.get(f"{sidecar.base_url}/openapi.json", timeout=10).json()
+    models = schema["components"]["schemas"]
+    assert {"GateRequest", "DecisionModel", "GateBatchResponse", "ChatCompletionRequest", "ErrorResponse",
+            "ReloadResponse", "ReadyResponse"} <= set(models)
+    assert set(models["DecisionModel"]["properties"]) >= {"accepted", "intent", "score", "threshold", "reason",
+                                                          "top_k", "followup"}
+    assert "/v1/chat/completions" in schema["paths"] and "/admin/reload" in schema["paths"]
+
+
+def test_health_and_readiness(sidecar, telecom_gate):
+    assert httpx.get(f"{sidecar.base_url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10)
+    assert ready.status_code == 200
+    assert ready.json() == {"ready": True, "catalog": "telecom-zh", "intents": len(telecom_gate.catalog.intents),
+                            "fingerprint": telecom_gate.artifacts.fingerprint, "error": None}
+
+
+def test_not_ready_when_the_catalog_cannot_load(start_sidecar, tmp_path):
+    sidecar = start_sidecar(None, catalog=str(tmp_path / "missing.yaml"))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10)
+        if ready.json()["error"] != "loading":
+            break
+        time.sleep(0.05)
+    assert ready.status_code == 503
+    assert ready.json()["ready"] is False and "missing.yaml" in ready.json()["error"]
+    assert httpx.get(f"{sidecar.base_url}/healthz", timeout=10).status_code == 200
+    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC), timeout=10)
+    assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
+
+
+def test_metrics_endpoint_is_prometheus_text(sidecar, telecom_gate):
+    gate(sidecar, {"text": ON_TOPIC})
+    response = httpx.get(f"{sidecar.base_url}/metrics", timeout=10)
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = response.text
+    for name in ("gatekeeper_decisions_total", "gatekeeper_rejected_calls_total", "gatekeeper_shadow_rejections_total",
+                 "gatekeeper_score_bucket", "gatekeeper_gate_latency_seconds_bucket",
+                 "gatekeeper_upstream_latency_seconds_bucket", "gatekeeper_upstream_errors_total",
+                 "gatekeeper_llm_calls_saved_total", "gatekeeper_tokens_saved_total", "gatekeeper_catalog_info",
+                 "gatekeeper_reloads_total", "gatekeeper_in_flight_requests", "gatekeeper_embedding_failures_total",
+                 "gatekeeper_requests_total", "gatekeeper_batch_size_bucket"):
+        assert f"# TYPE {name.removesuffix('_bucket')}" in text or name in text, name
+    assert (f'gatekeeper_catalog_info{{catalog="telecom-zh",fingerprint="{telecom_gate.artifacts.fingerprint}",'
+            f'intents="{len(telecom_gate.catalog.intents)}",model=') in text
+    assert 'gatekeeper_score_bucket{le="-0.25"}' in text and 'gatekeeper_score_bucket{le="0.95"}' in text
+    assert 'gatekeeper_gate_latency_seconds_bucket{le="0.0005"}' in text
+
+
+@pytest.mark.parametrize("mode", ["keep", "hash", "redact"])
+def test_decision_log_text_modes(telecom_gate, fake_upstream, start_sidecar, tmp_path, mode):
+    path = tmp_path / "decisions.jsonl"
+    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url, decision_log=str(path),
+                            decision_log_text=mode)
+    for text in (ON_TOPIC, OFF_TOPIC):
+        httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(text), timeout=10)
+    gate(sidecar, {"text": ON_TOPIC})
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    assert [(r["endpoint"], r["action"], r["accepted"]) for r in rows] == [
+        ("/v1/chat/completions", "accepted", True), ("/v1/chat/completions", "rejected", False),
+        ("/v1/gate", "accepted", True)]
+    assert all({"ts", "intent", "score", "threshold", "reason", "mode", "language", "followup"} <= set(r) for r in rows)
+    if mode == "keep":
+        assert [r["text"] for r in rows] == [ON_TOPIC, OFF_TOPIC, ON_TOPIC]
+    elif mode == "hash":
+        assert "text" not in rows[0]
+        assert rows[0]["text_sha256"] == hashlib.sha256(ON_TOPIC.encode()).hexdigest()
+    else:
+        assert not {"text", "text_sha256"} & set(rows[0]) and rows[0]["text_chars"] == len(ON_TOPIC)
+
+
+def test_kept_decision_logs_are_readable_by_tune_once_labelled(tmp_path, telecom_gate):
+    path = tmp_path / "decisions.jsonl"
+    log = DecisionLog(path, text_mode="keep")
+    for text in (ON_TOPIC, OFF_TOPIC):
+        log.write(telecom_gate.decide(text), endpoint="/v1/gate", mode="enforce", action="x", language="zh")
+    log.close()
+    labelled = tmp_path / "labelled.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    labelled.write_text("".join(json.dumps({**r, "label": r["intent"] if r["accepted"] else "oos"},
+                                           ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    assert labelled_rows(labelled) == [(ON_TOPIC, "bill_inquiry"), (OFF_TOPIC, "oos")]
+
+
+def test_decision_log_sampling(tmp_path):
+    decision = Decision(text="x", accepted=True, intent="a", score=0.9, threshold=0.5, margin=0.4, reason=None)
+    log = DecisionLog(tmp_path / "d.jsonl", sample=0.25, rng=random.Random(7))
+    for _ in range(400):
+        log.write(decision, endpoint="/v1/gate", mode="enforce", action="accepted", language="en")
+    log.close()
+    assert 70 <= len((tmp_path / "d.jsonl").read_text().splitlines()) <= 130
