@@ -4,7 +4,8 @@ A reload builds the new :class:`Gate` in a worker thread while the old one
 keeps serving, then swaps one reference; requests in flight finish on the gate
 they started with. The embedder is reused when the catalog's ``model``
 section is unchanged, so a reload does not load the model again. A catalog
-that fails to load leaves the old gate serving and raises.
+that fails to load leaves the old gate serving and raises. A new embedder
+encodes one text before the gate goes live, so /readyz means warm.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from gatekeeper.gate import Gate
 from gatekeeper.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
+
+WARM_UP_TEXT = "warm-up"
 
 #: Builds a gate: (catalog path, embedder to reuse or None, threads) -> Gate.
 GateLoader = Callable[..., Gate]
@@ -97,7 +100,10 @@ class GateState:
     def _build(self, current: Gate | None) -> tuple[Gate, bool]:
         catalog = load_catalog(self.catalog_path)
         reuse = current.embedder if current is not None and current.catalog.model == catalog.model else None
-        return self._loader(self.catalog_path, embedder=reuse, threads=self.threads), reuse is not None
+        gate = self._loader(self.catalog_path, embedder=reuse, threads=self.threads)
+        if reuse is None:
+            gate.embed([WARM_UP_TEXT])  # a lazily loaded model's first call is slow: not a user's
+        return gate, reuse is not None
 
     def _install(self, gate: Gate) -> None:
         self._gate = gate
