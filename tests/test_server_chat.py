@@ -9,8 +9,15 @@ import openai
 import pytest
 
 from gatekeeper.text import detect_language
-from tests.server_fixtures import (OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, STREAM_PIECES, chat_body,  # noqa: F401
-                                   fake_upstream, start_sidecar)
+from tests.server_fixtures import (  # noqa: F401
+    OFF_TOPIC,
+    OFF_TOPIC_EN,
+    ON_TOPIC,
+    STREAM_PIECES,
+    chat_body,
+    fake_upstream,
+    start_sidecar,
+)
 
 
 @pytest.fixture

@@ -8,8 +8,17 @@ from pathlib import Path
 import pytest
 
 from gatekeeper.errors import UserError
-from gatekeeper.server.config import (MASK, SECRET_FIELDS, ServerSettings, add_settings_flags, describe, env_name,
-                                      mask_url, masked, resolve_settings)
+from gatekeeper.server.config import (
+    MASK,
+    SECRET_FIELDS,
+    ServerSettings,
+    add_settings_flags,
+    describe,
+    env_name,
+    mask_url,
+    masked,
+    resolve_settings,
+)
 
 
 def write(path: Path, text: str) -> Path:

@@ -12,8 +12,7 @@ import asyncio
 
 import pytest
 
-from gatekeeper.conversation import (FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text,
-                                     user_turns)
+from gatekeeper.conversation import FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text, user_turns
 
 #: Follow-ups that depend on an on-topic earlier turn: should be accepted.
 FOLLOW_UPS = {

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 
 from gatekeeper.embedders import EmbeddingError
-from tests.server_fixtures import (OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, free_port,  # noqa: F401
-                                   start_sidecar)
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, free_port, start_sidecar  # noqa: F401
 
 
 class FailingEmbedder:

@@ -60,9 +60,9 @@ def test_gate_does_not_need_an_upstream_and_never_calls_one(telecom_gate, fake_u
 def test_openapi_schema_documents_the_typed_models(sidecar):
     schema = httpx.get(f"{sidecar.base_url}/openapi.json", timeout=10).json()
     models = schema["components"]["schemas"]
-    assert {"GateRequest", "DecisionModel", "GateBatchResponse", "ChatCompletionRequest", "ErrorResponse",
+    assert {"GateRequest", "GateDecision", "GateBatchResponse", "ChatCompletionRequest", "ErrorResponse",
             "ReloadResponse", "ReadyResponse"} <= set(models)
-    assert set(models["DecisionModel"]["properties"]) >= {"accepted", "intent", "score", "threshold", "reason",
+    assert set(models["GateDecision"]["properties"]) >= {"accepted", "intent", "score", "threshold", "reason",
                                                           "top_k", "followup"}
     assert "/v1/chat/completions" in schema["paths"] and "/admin/reload" in schema["paths"]
 

@@ -11,8 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy_support import require_tool
-from tests.server_fixtures import (OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, chat_body, fake_upstream,  # noqa: F401
-                                   free_port, start_sidecar)
+from tests.server_fixtures import OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, chat_body, fake_upstream, free_port, start_sidecar  # noqa: F401
 
 POLL_TIMEOUT_S = 45
 

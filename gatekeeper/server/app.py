@@ -31,8 +31,17 @@ from gatekeeper.server.decision_log import DecisionLog
 from gatekeeper.server.metrics import CONTENT_TYPE, Metrics
 from gatekeeper.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
 from gatekeeper.server.replies import canned_completion, canned_stream
-from gatekeeper.server.schemas import (ChatCompletionRequest, DecisionModel, ErrorResponse, GateBatchResponse,
-                                       GateRequest, HealthResponse, ReadyResponse, ReloadResponse, error_body)
+from gatekeeper.server.schemas import (
+    ChatCompletionRequest,
+    ErrorResponse,
+    GateBatchResponse,
+    GateDecision,
+    GateRequest,
+    HealthResponse,
+    ReadyResponse,
+    ReloadResponse,
+    error_body,
+)
 from gatekeeper.server.service import ChatOutcome, EmbeddingFailure, GateService
 from gatekeeper.server.state import GateState, NotReady
 from gatekeeper.server.upstream import Upstream, UpstreamError, relay
@@ -123,15 +132,15 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
                                      headers={**response.headers, **headers})
         return Response(content, status_code=response.status, headers={**response.headers, **headers})
 
-    @app.post("/v1/gate", response_model=DecisionModel | GateBatchResponse, responses=ERRORS)
-    async def gate_decision(body: GateRequest) -> DecisionModel | GateBatchResponse:
+    @app.post("/v1/gate", response_model=GateDecision | GateBatchResponse, responses=ERRORS)
+    async def gate_decision(body: GateRequest) -> GateDecision | GateBatchResponse:
         """The gate's decision only: ``text`` -> one decision, ``texts`` -> a batch, ``messages`` -> latest turn."""
         if body.texts is not None:
-            return GateBatchResponse(decisions=[DecisionModel.of(d) for d in await service.decide_texts(body.texts)])
+            return GateBatchResponse(decisions=[GateDecision.of(d) for d in await service.decide_texts(body.texts)])
         if body.messages is not None:
             turn = await service.decide_messages([message.model_dump() for message in body.messages])
-            return DecisionModel.of(turn.decision, turn.followup)
-        return DecisionModel.of((await service.decide_texts([body.text]))[0])
+            return GateDecision.of(turn.decision, turn.followup)
+        return GateDecision.of((await service.decide_texts([body.text]))[0])
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:

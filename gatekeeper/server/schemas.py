@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -52,38 +53,25 @@ class GateRequest(BaseModel):
         return self
 
 
-class IntentScoreModel(BaseModel):
-    """An intent and its score."""
+@dataclass(frozen=True)
+class GateDecision(Decision):
+    """The gate's decision on one message (:class:`gatekeeper.router.Decision`), and whether it is a follow-up.
 
-    intent: str
-    score: float
+    ``followup`` is true when the message was accepted only thanks to earlier user turns.
+    """
 
-
-class DecisionModel(BaseModel):
-    """The gate's decision on one message."""
-
-    text: str
-    accepted: bool
-    intent: str | None
-    score: float
-    threshold: float
-    margin: float
-    reason: str | None = Field(description="why it was rejected: below_threshold, nearest_out_of_scope, "
-                                           "empty_input or not_text")
-    top_k: list[IntentScoreModel]
-    truncated: bool
-    followup: bool = Field(False, description="accepted only thanks to earlier user turns")
+    followup: bool = False
 
     @classmethod
-    def of(cls, decision: Decision, followup: bool = False) -> "DecisionModel":
+    def of(cls, decision: Decision, followup: bool = False) -> "GateDecision":
         """From a router :class:`Decision`."""
-        return cls.model_validate({**decision.to_dict(), "followup": followup})
+        return cls(**{item.name: getattr(decision, item.name) for item in fields(decision)}, followup=followup)
 
 
 class GateBatchResponse(BaseModel):
     """Decisions for a ``texts`` batch, in order."""
 
-    decisions: list[DecisionModel]
+    decisions: list[GateDecision]
 
 
 class ErrorDetail(BaseModel):

@@ -12,8 +12,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, estimate_tokens, prompt_text, \
-    user_turns
+from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, estimate_tokens, prompt_text, user_turns
 from gatekeeper.gate import Gate
 from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision
 from gatekeeper.server.batching import MicroBatcher
@@ -119,7 +118,7 @@ class GateService:
         vectors = await self._embed(gate, [prepared[i][0] for i in scorable])
         decisions = gate.decide_prepared(prepared, scorable, vectors)
         self.metrics.gate_latency.observe(time.perf_counter() - started)
-        for text, decision in zip(texts, decisions):
+        for text, decision in zip(texts, decisions, strict=True):
             self._record(decision, "/v1/gate", ACCEPTED if decision.accepted else REJECTED,
                          detect_language(text if isinstance(text, str) else ""))
         return decisions
