@@ -9,6 +9,7 @@ request and behaves according to the request's ``model``:
 * ``mock-500``: HTTP 500 with an error body;
 * ``mock-401``: HTTP 401 with an OpenAI-style error body;
 * ``mock-slow``: answers only after :data:`SLOW_SECONDS`;
+* ``mock-stall``: starts a stream, then stalls for :data:`SLOW_SECONDS`;
 * anything else: a ``chat.completion`` (or, with ``stream: true``, three SSE
   chunks a little apart, then ``[DONE]``) echoing the last user message.
 """
@@ -80,7 +81,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             last = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
                         "")
             if body.get("stream"):
-                return self._stream(model)
+                return self._stream(model, stall=model == "mock-stall")
             self._json(200, {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
                              "choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": f"echo: {last}"}}],
@@ -95,7 +96,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _stream(self, model: str) -> None:
+        def _stream(self, model: str, stall: bool) -> None:
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.send_header("transfer-encoding", "chunked")
@@ -108,7 +109,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 data = event.encode()
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
-                time.sleep(0.05)
+                time.sleep(SLOW_SECONDS if stall else 0.05)
             self.wfile.write(b"0\r\n\r\n")
 
     return Handler

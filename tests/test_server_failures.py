@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 
 import httpx
@@ -73,6 +74,20 @@ def test_slow_upstream_times_out_with_504(telecom_gate, fake_upstream, start_sid
     response = post_chat(sidecar, chat_body(ON_TOPIC, model="mock-slow", stream=stream))
     assert time.perf_counter() - started < 2.5
     assert_openai_error(response, 504, "upstream_timeout")
+    assert sidecar.metric("gatekeeper_upstream_errors_total", status="504") == 1
+
+
+def test_a_stream_that_stalls_midway_ends_with_an_error_event(telecom_gate, fake_upstream, start_sidecar):
+    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url, upstream_timeout_s=0.5)
+    started = time.perf_counter()
+    with httpx.stream("POST", f"{sidecar.base_url}/v1/chat/completions",
+                      json=chat_body(ON_TOPIC, model="mock-stall", stream=True), timeout=10) as response:
+        assert response.status_code == 200  # the status line went out with the first chunk
+        events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
+    assert time.perf_counter() - started < 2.5
+    assert json.loads(events[0])["choices"][0]["delta"]["content"] == "Hello"
+    assert json.loads(events[-2])["error"]["code"] == "upstream_timeout"
+    assert events[-1] == "[DONE]"
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="504") == 1
 
 

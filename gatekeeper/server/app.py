@@ -122,8 +122,6 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
         except UpstreamError as failure:
             metrics.upstream_errors.labels(status=str(failure.status)).inc()
             return _error(failure.status, failure.body, headers)
-        if response.status >= 400:
-            metrics.upstream_errors.labels(status=str(response.status)).inc()
         if content is None:
             def count(failure: UpstreamError) -> None:
                 metrics.upstream_errors.labels(status=str(failure.status)).inc()
