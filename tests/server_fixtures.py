@@ -22,10 +22,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 import uvicorn
+import yaml
 from prometheus_client import CollectorRegistry
 
 from gatekeeper.gate import Gate
@@ -211,3 +213,25 @@ OFF_TOPIC_EN = "what's a good recipe for lasagne?"
 def chat_body(text: str, **extra: object) -> dict:
     """A one-turn chat completion request."""
     return {"model": "test-model", "messages": [{"role": "user", "content": text}], **extra}
+
+
+#: A small catalog that builds in about a second, so reload tests can rebuild for real.
+SHOP = {
+    "version": 1, "name": "shop",
+    "defaults": {"reject_reply": {"en": "Sorry, I only help with orders.", "zh": "抱歉，我只处理订单问题。"}},
+    "intents": [
+        {"name": "order_status", "examples": ["where is my order", "has my package shipped", "track my parcel",
+                                             "when will my order arrive"]},
+        {"name": "refund", "examples": ["I want my money back", "how do I get a refund", "refund my purchase",
+                                       "return this item for a refund"]},
+    ],
+    "out_of_scope": ["what's the weather today", "tell me a joke", "who won the football", "recipe for pancakes",
+                     "write a poem", "what is the capital of France"],
+}
+NEW_INTENT = {"name": "delivery_address", "examples": ["change my delivery address", "ship to a different address",
+                                                      "update the address on my order", "wrong address on the parcel"]}
+
+
+def write_catalog(path: Path, document: dict) -> None:
+    """Write a catalog document as YAML."""
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.server_fixtures import chat_body, free_port
-from tests.test_server_reload import SHOP, write_catalog
+from tests.server_fixtures import SHOP, chat_body, free_port, write_catalog
 
 START_TIMEOUT_S = 90
 

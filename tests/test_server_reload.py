@@ -7,33 +7,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from gatekeeper.gate import Gate
-from tests.server_fixtures import chat_body, start_sidecar  # noqa: F401
+from tests.server_fixtures import NEW_INTENT, SHOP, chat_body, start_sidecar, write_catalog  # noqa: F401
 
 TOKEN = "test-admin-token"
-
-#: A small catalog that builds in about a second, so reload tests can rebuild for real.
-SHOP = {
-    "version": 1, "name": "shop",
-    "defaults": {"reject_reply": {"en": "Sorry, I only help with orders.", "zh": "抱歉，我只处理订单问题。"}},
-    "intents": [
-        {"name": "order_status", "examples": ["where is my order", "has my package shipped", "track my parcel",
-                                             "when will my order arrive"]},
-        {"name": "refund", "examples": ["I want my money back", "how do I get a refund", "refund my purchase",
-                                       "return this item for a refund"]},
-    ],
-    "out_of_scope": ["what's the weather today", "tell me a joke", "who won the football", "recipe for pancakes",
-                     "write a poem", "what is the capital of France"],
-}
-NEW_INTENT = {"name": "delivery_address", "examples": ["change my delivery address", "ship to a different address",
-                                                      "update the address on my order", "wrong address on the parcel"]}
-
-
-def write_catalog(path: Path, document: dict) -> None:
-    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
-
 
 @pytest.fixture
 def shop(tmp_path: Path, use_embedder) -> tuple[Path, Gate]:

@@ -5,6 +5,7 @@ Modules, one job each: :mod:`.config` (settings), :mod:`.metrics` (Prometheus),
 and error mapping), :mod:`.replies` (canned OpenAI-format replies),
 :mod:`.decision_log` (sampled JSONL), :mod:`.state` (the live gate and
 reloads), :mod:`.middleware` (body limit, request metrics), :mod:`.schemas`
-(typed request/response models), :mod:`.app` (the app factory) and
+(typed request/response models), :mod:`.service` (deciding requests: mode,
+failure policy, metrics, decision log), :mod:`.app` (the app factory) and
 :mod:`.serve_cmd` (the CLI subcommand).
 """
