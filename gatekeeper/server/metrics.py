@@ -7,7 +7,12 @@ catalog (or "none"), reasons and statuses from fixed sets.
 
 from __future__ import annotations
 
+from typing import get_args
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from gatekeeper.router import REASON_BELOW_THRESHOLD, REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
+from gatekeeper.server.config import EmbeddingFailurePolicy
 
 #: Gate score buckets: a few negative ones for cosine scores, then 0..1 in 0.05 steps.
 SCORE_BUCKETS = (-1.0, -0.5, -0.25, *(round(0.05 * i, 2) for i in range(21)))
@@ -15,6 +20,12 @@ GATE_LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.003, 0.005, 0.0075, 0.01, 0.015,
                         0.25, 0.5, 1.0)
 UPSTREAM_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_SIZE_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 128)
+
+#: Rejection reason when the encoder failed and the policy is fail_closed.
+REASON_FAIL_CLOSED = "fail_closed"
+#: Why a chat completion gets the canned reply: the router's reasons, or the encoder failing closed.
+REJECTION_REASONS = (REASON_BELOW_THRESHOLD, REASON_NEAREST_OUT_OF_SCOPE, REASON_EMPTY, REASON_NOT_TEXT,
+                     REASON_FAIL_CLOSED)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -58,6 +69,19 @@ class Metrics:
                                 ["endpoint", "status"], registry=registry)
         self.batch_size = Histogram("gatekeeper_batch_size", "Messages per micro-batched encoder call",
                                     buckets=BATCH_SIZE_BUCKETS, registry=registry)
+        self._start_known_series_at_zero()
+
+    def _start_known_series_at_zero(self) -> None:
+        """Export every known label value from the start, so that ``increase()`` sees a first event."""
+        for reason in REJECTION_REASONS:
+            self.rejected_calls.labels(reason=reason)
+            self.shadow_rejections.labels(reason=reason)
+        for result in ("success", "failure"):
+            self.reloads.labels(result=result)
+        for policy in get_args(EmbeddingFailurePolicy):
+            self.embedding_failures.labels(policy=policy)
+        for status in ("502", "504"):
+            self.upstream_errors.labels(status=status)
 
     def set_catalog(self, catalog: str, fingerprint: str, model: str, intents: int) -> None:
         """Replace the catalog info series with the one now served."""

@@ -18,13 +18,12 @@ from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision
 from gatekeeper.server.batching import MicroBatcher
 from gatekeeper.server.config import ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
-from gatekeeper.server.metrics import Metrics
+from gatekeeper.server.metrics import REASON_FAIL_CLOSED, Metrics
 from gatekeeper.server.state import GateState
 from gatekeeper.text import detect_language
 
 log = logging.getLogger(__name__)
 
-REASON_FAIL_CLOSED = "fail_closed"
 
 ACCEPTED = "accepted"
 REJECTED = "rejected"
