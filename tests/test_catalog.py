@@ -62,18 +62,33 @@ def test_bundled_catalogs_load_alone_and_merged():
     assert by_name["bill_inquiry"].reject_reply != by_name["balance_inquiry"].reject_reply
 
 
-def test_unknown_key_suggests_the_right_one(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace("    description:", "    descripton:"))
-    problem = single_problem(path)
-    assert (problem.file, problem.line, problem.field) == (str(path), 7, "intents[0].descripton")
-    assert "did you mean 'description'" in problem.message
+# (text replaced in GOOD, replacement, line, field, fragment of the message)
+SINGLE_MISTAKES = {
+    "unknown key": ("    description:", "    descripton:", 7, "intents[0].descripton",
+                    "did you mean 'description'"),
+    "no examples, no description": ("out_of_scope:", "  - name: empty_one\nout_of_scope:", 14,
+                                    "intents[2] (empty_one)", "no examples and no description"),
+    "default threshold above 1": ("threshold: auto", "threshold: 1.5", 4, "defaults.threshold", "outside [-1, 1]"),
+    "default threshold below -1": ("threshold: auto", "threshold: -2", 4, "defaults.threshold", "outside [-1, 1]"),
+    "threshold not a number": ("threshold: auto", "threshold: high", 4, "defaults.threshold",
+                               "must be a number between -1 and 1, or 'auto'"),
+    "intent threshold out of range": ("  - name: refunds\n", "  - name: refunds\n    threshold: 3\n", 12,
+                                      "intents[1].threshold", "outside [-1, 1]"),
+    "example not a string": ('"explain this charge"', "42", 10, "intents[0].examples[1]", "must be a string"),
+    "empty example": ('"explain this charge"', '"   "', 10, "intents[0].examples[1]", "empty"),
+    "empty out-of-scope example": ('"tell me a joke"', '""', 15, "out_of_scope[0]", "empty"),
+    "bad intent name": ("name: refunds", "name: my refunds", 11, "intents[1].name", "letters, digits"),
+}
 
 
-def test_intent_without_examples_or_description(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace("out_of_scope:", "  - name: empty_one\nout_of_scope:"))
+@pytest.mark.parametrize("mistake", SINGLE_MISTAKES, ids=list(SINGLE_MISTAKES))
+def test_each_mistake_is_located(catalog_dir, mistake):
+    old, new, line, field, fragment = SINGLE_MISTAKES[mistake]
+    assert old in GOOD
+    path = write(catalog_dir, "a.yaml", GOOD.replace(old, new, 1))
     problem = single_problem(path)
-    assert (problem.line, problem.field) == (14, "intents[2] (empty_one)")
-    assert "no examples and no description" in problem.message
+    assert (problem.file, problem.line, problem.field) == (str(path), line, field)
+    assert fragment in problem.message
 
 
 def test_duplicate_intent_across_files(catalog_dir):
@@ -83,43 +98,6 @@ def test_duplicate_intent_across_files(catalog_dir):
     problem = single_problem(catalog_dir)
     assert (problem.file, problem.line, problem.field) == (str(second), 4, "intents[1].name")
     assert "duplicate intent 'refunds'" in problem.message and "a.yaml:11" in problem.message
-
-
-@pytest.mark.parametrize("value,line,field", [
-    ("1.5", 4, "defaults.threshold"),
-    ("-2", 4, "defaults.threshold"),
-])
-def test_threshold_out_of_range(catalog_dir, value, line, field):
-    path = write(catalog_dir, "a.yaml", GOOD.replace("threshold: auto", f"threshold: {value}"))
-    problem = single_problem(path)
-    assert (problem.line, problem.field) == (line, field)
-    assert "outside [-1, 1]" in problem.message
-
-
-def test_intent_threshold_out_of_range(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace("  - name: refunds\n", "  - name: refunds\n    threshold: 3\n"))
-    problem = single_problem(path)
-    assert (problem.line, problem.field) == (12, "intents[1].threshold")
-
-
-def test_example_not_a_string(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace('"explain this charge"', "42"))
-    problem = single_problem(path)
-    assert (problem.line, problem.field) == (10, "intents[0].examples[1]")
-    assert "must be a string" in problem.message
-
-
-def test_empty_example(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace('"explain this charge"', '"   "'))
-    problem = single_problem(path)
-    assert (problem.line, problem.field) == (10, "intents[0].examples[1]")
-    assert "empty" in problem.message
-
-
-def test_empty_out_of_scope_example(catalog_dir):
-    path = write(catalog_dir, "a.yaml", GOOD.replace('"tell me a joke"', '""'))
-    problem = single_problem(path)
-    assert (problem.line, problem.field) == (15, "out_of_scope[0]")
 
 
 def test_broken_yaml_syntax(catalog_dir):
