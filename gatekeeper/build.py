@@ -19,16 +19,17 @@ import numpy as np
 from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
+from gatekeeper.head_fitting import Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
-from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, fit_head,
-                                load_scorer, nearest_similarities, uses_head)
+from gatekeeper.parallel import available_cores, map_parallel
+from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, load_scorer,
+                                nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
 
 ARTIFACT_VERSION = 1
 STATE_ENV = "GATEKEEPER_STATE_DIR"
 #: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
 AUTO_FALSE_REJECT = 0.05
-CROSS_FIT_FOLDS = 3
 
 #: Called with (stage, texts done, texts total) while embedding.
 ProgressCallback = Callable[[str, int, int], None]
@@ -63,6 +64,8 @@ class Artifacts:
     scorer: Scorer
     auto_threshold: float
     meta: dict
+    #: The fitted heads (None for nearest-prototype scoring); kept to warm-start the next build.
+    heads: Heads | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -101,14 +104,17 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
         if loaded is not None:
             return loaded, False
     artifacts = build_artifacts(catalog, embedder, cache=EmbeddingCache(folder.parent / "embeddings.sqlite"),
-                                progress=progress)
+                                progress=progress, previous=load_heads(folder, catalog.intent_names()))
     _save(folder, artifacts)
     return artifacts, True
 
 
 def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
-                    progress: ProgressCallback | None = None) -> Artifacts:
-    """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache)."""
+                    progress: ProgressCallback | None = None, previous: Heads | None = None) -> Artifacts:
+    """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache).
+
+    ``previous`` are the heads of an earlier build of the same intents, to start the fits from.
+    """
     started = time.perf_counter()
     prototypes = Prototypes.from_catalog(catalog)
     total = len(prototypes.texts)
@@ -129,7 +135,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     n_intents = len(catalog.intents)
     if progress:
         progress("fit", 0, 1)
-    scorer, auto_threshold = _fit_scorer(index, n_intents)
+    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, fold_ids(prototypes.texts), previous)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -146,17 +152,18 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta)
+    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta, heads=heads)
 
 
-def _fit_scorer(index: PrototypeIndex, n_intents: int) -> tuple[Scorer, float]:
+def _fit_scorer(index: PrototypeIndex, n_intents: int, folds: np.ndarray, previous: Heads | None
+                ) -> tuple[Scorer, float, Heads | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores."""
     labels = index.labels
     if not uses_head(labels, n_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
-        return scorer, _nearest_auto_threshold(index, n_intents)
-    weights, bias = fit_head(index.vectors, labels, n_intents)
-    features = _cross_fitted_features(index.vectors, labels, n_intents)
+        return scorer, _nearest_auto_threshold(index, n_intents), None
+    heads = fit_heads(index.vectors, labels, n_intents, folds, previous)
+    features = _cross_fitted_features(index.vectors, labels, n_intents, folds, heads)
     in_scope = labels != OUT_OF_SCOPE
     if in_scope.all():
         # No negatives: the score is the standardised head logit, squashed to (0, 1).
@@ -164,22 +171,25 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int) -> tuple[Scorer, float]:
         calibration = (np.array([1.0, 0.0, 0.0]), 0.0, mean, scale)
     else:
         calibration = fit_calibrator(features, in_scope)
-    scorer = HeadScorer(index, n_intents, weights, bias, *calibration)
+    scorer = HeadScorer(index, n_intents, *heads.full, *calibration)
     scores = scorer.calibrate(features)
-    return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT)
+    return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT), heads
 
 
-def _cross_fitted_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int) -> np.ndarray:
+def _cross_fitted_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray,
+                           heads: Heads) -> np.ndarray:
     """Calibrator features of every catalog row, each computed by a head and index that never saw it."""
-    rng = np.random.default_rng(0)
-    folds = rng.permutation(len(labels)) % CROSS_FIT_FOLDS
-    features = np.zeros((len(labels), 3))
-    for fold in range(CROSS_FIT_FOLDS):
+
+    def fold_features(fold: int) -> np.ndarray:
         held_out, rest = folds == fold, folds != fold
         index = PrototypeIndex.build(vectors[rest], labels[rest], hnsw=False)
-        weights, bias = fit_head(vectors[rest], labels[rest], n_intents)
-        probe = HeadScorer(index, n_intents, weights, bias, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
-        features[held_out] = probe.features(vectors[held_out])[0]
+        probe = HeadScorer(index, n_intents, *heads.folds[fold], np.zeros(3), 0.0, np.zeros(3), np.ones(3))
+        return probe.features(vectors[held_out])[0]
+
+    present = [fold for fold in range(len(heads.folds)) if (folds == fold).any()]
+    features = np.zeros((len(labels), 3))
+    for fold, values in zip(present, map_parallel(fold_features, present, available_cores())):
+        features[folds == fold] = values
     return features
 
 
@@ -208,6 +218,8 @@ def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
 def _save(folder: Path, artifacts: Artifacts) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "scorer.npz", **artifacts.scorer.state())
+    if artifacts.heads is not None:
+        save_heads(folder, artifacts.meta["intents"], artifacts.heads)
     artifacts.index.save(folder, artifacts.meta)
 
 

