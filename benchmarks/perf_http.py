@@ -1,8 +1,10 @@
 """Sections 2-3: the sidecar's POST /v1/gate under load from ``wrk`` (loopback only, bounded duration).
 
 The load generator is Debian's ``wrk`` (C, one thread) with a Lua script that
-cycles through distinct real messages; it shares the machine's cores with the
-server, so the figures are a lower bound of what the server alone could do.
+cycles through 20,000 distinct real messages (more than the query LRU holds,
+so every decision runs the encoder), and once through 200 hot messages (all
+LRU hits). It shares the machine's cores with the server, so the figures are
+a lower bound of what the server alone could do.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ import json
 import re
 import shutil
 import subprocess
+import urllib.request
 from pathlib import Path
 
 from benchmarks.perf_common import CATALOG, Sidecar, message_pool, rss_mb, sidecar
+
+#: Distinct messages of the hot-message point (all served from the query LRU once seen).
+HOT_MESSAGES = 200
 
 _LUA = r"""
 local bodies = {
@@ -63,11 +69,22 @@ def _warm(server: Sidecar, script: Path) -> None:
     load(server.base_url, script, 8, 2)
 
 
+def _mean_batch(base_url: str) -> float:
+    """Mean messages per encoder call so far, from the sidecar's /metrics."""
+    text = urllib.request.urlopen(base_url + "/metrics", timeout=10).read().decode()
+    values = {name: float(value) for name, value in re.findall(r"^gatekeeper_batch_size_(sum|count) (\S+)$", text,
+                                                                re.MULTILINE)}
+    return values["sum"] / values["count"] if values.get("count") else 0.0
+
+
 def run(work: Path, quick: bool) -> dict:
-    """Throughput and latency at 32 and 128 clients, with micro-batching on and off; server RSS."""
+    """Throughput and latency at 32 and 128 clients, with micro-batching on and off; hot messages; server RSS."""
     seconds = 5 if quick else 15
     texts = message_pool(20000)
     script = wrk_script(work, texts)
+    hot_folder = work / "hot"
+    hot_folder.mkdir()
+    hot_script = wrk_script(hot_folder, texts[:HOT_MESSAGES])
     results: dict = {"http_load_generator": "wrk 4.x, 1 thread, Lua POST bodies (shares the 2 cores)",
                      "http_seconds_per_point": seconds, "http_distinct_messages": len(texts)}
     with sidecar(CATALOG, work / "http-state") as server:
@@ -76,7 +93,11 @@ def run(work: Path, quick: bool) -> dict:
         for connections in (32, 128):
             point = load(server.base_url, script, connections, seconds)
             results.update({f"http_gate_{key}_c{connections}": value for key, value in point.items()})
+        results["http_mean_batch"] = _mean_batch(server.base_url)
         results.update({f"serve_{key}": value for key, value in rss_mb(server.pid).items()})  # after load
+        _warm(server, hot_script)
+        point = load(server.base_url, hot_script, 32, seconds)
+        results.update({f"http_gate_hot_{key}_c32": value for key, value in point.items()})
     with sidecar(CATALOG, work / "http-state", "--batch-max-size", "1") as server:
         _warm(server, script)
         point = load(server.base_url, script, 32, seconds)
