@@ -62,8 +62,8 @@ def run(work: Path, quick: bool) -> dict:
 
     from gatekeeper.scoring import SEARCH_K
 
-    sizes = (1_000, 10_000, 100_000) if quick else (1_000, 10_000, 100_000, 1_000_000)
-    hnsw_budget_s = 60.0 if quick else 600.0
+    sizes = (1_000, 10_000, 30_000, 100_000) if quick else (1_000, 10_000, 30_000, 100_000, 1_000_000)
+    hnsw_budget_s = 60.0 if quick else 300.0
     rng = np.random.default_rng(0)
     results: dict = {"index_queries": QUERIES, "index_hnsw_build_budget_s": hnsw_budget_s}
     for size in sizes:

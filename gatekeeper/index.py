@@ -16,8 +16,10 @@ import numpy as np
 
 #: Label of an out-of-scope (negative) prototype.
 OUT_OF_SCOPE = -1
-#: Prototype count from which HNSW replaces exact search (see docs/performance.md).
-HNSW_CROSSOVER = 50_000
+#: Prototype count from which HNSW replaces exact search. Measured (docs/performance.md, one query,
+#: one thread, d=512): exact search takes 0.5 ms at 10k prototypes and 3.6 ms at 30k, HNSW 0.9 and
+#: 1.2 ms with recall@1 of 1.0 at both; the curves cross between the two.
+HNSW_CROSSOVER = 20_000
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
 
