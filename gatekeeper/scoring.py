@@ -23,7 +23,6 @@ from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
-from gatekeeper.softmax_regression import fit_softmax
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
@@ -206,16 +205,28 @@ def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int,
     keep = np.ones(len(labels), bool) if use_negatives else ~negatives
     targets = np.where(negatives, n_intents, labels)[keep]
     n_classes = n_intents + (1 if use_negatives else 0)
-    present = np.unique(targets)
-    start = None
+    model = LogisticRegression(C=HEAD_C, max_iter=HEAD_MAX_ITER, tol=tol)
     if init is not None and init[0].shape == (vectors.shape[1], n_classes):
-        start = (init[0][:, present], init[1][present])
-    model = fit_softmax(vectors[keep], targets, HEAD_C, HEAD_MAX_ITER, init=start, tol=tol)
+        model.warm_start = True
+        model.coef_, model.intercept_ = _to_sklearn(init[0][:, np.unique(targets)], init[1][np.unique(targets)])
+    with single_threaded_blas():
+        model.fit(vectors[keep], targets)
+    coef, intercept = model.coef_, model.intercept_
+    if len(model.classes_) == 2:  # binary models store one row: expand to two symmetric columns
+        coef = np.vstack([-coef[0], coef[0]]) / 2
+        intercept = np.array([-intercept[0], intercept[0]]) / 2
     weights = np.zeros((vectors.shape[1], n_classes), dtype=np.float32)
     bias = np.full(n_classes, -1e4, dtype=np.float32)  # a class with no rows can never win
-    weights[:, model.classes] = model.weights
-    bias[model.classes] = model.bias
+    weights[:, model.classes_] = coef.T
+    bias[model.classes_] = intercept
     return weights, bias
+
+
+def _to_sklearn(weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Head columns (d, k) as scikit-learn's ``coef_`` (k, d) and ``intercept_``; one row for two classes."""
+    if weights.shape[1] == 2:
+        return (weights[:, 1] - weights[:, 0])[None, :].astype(np.float64), np.array([bias[1] - bias[0]], float)
+    return weights.T.astype(np.float64), bias.astype(np.float64)
 
 
 def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
