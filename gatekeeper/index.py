@@ -21,6 +21,9 @@ OUT_OF_SCOPE = -1
 #: 1.2 ms with recall@1 of 1.0 at both; the curves cross between the two.
 HNSW_CROSSOVER = 20_000
 HNSW_NEIGHBOURS = 32
+#: Query batches smaller than this are searched on one thread.
+SINGLE_THREAD_QUERIES = 32
+_OMP_THREADS = faiss.omp_get_max_threads()
 HNSW_EF_SEARCH = 128
 
 _INDEX_FILE = "prototypes.faiss"
@@ -68,6 +71,9 @@ class PrototypeIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar prototypes of each query: (similarities, prototype ids), both (n, k)."""
         k = min(k, len(self))
+        # OpenMP's idle threads spin after each parallel region: for a few queries that burns a
+        # core the server needs, for no gain.
+        faiss.omp_set_num_threads(1 if len(queries) < SINGLE_THREAD_QUERIES else _OMP_THREADS)
         return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def save(self, folder: Path, meta: dict) -> None:
