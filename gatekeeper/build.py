@@ -21,7 +21,6 @@ from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.head_fitting import Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
-from gatekeeper.parallel import available_cores, map_parallel
 from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, load_scorer,
                                 nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
@@ -162,8 +161,11 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, folds: np.ndarray, previo
     if not uses_head(labels, n_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
-    heads = fit_heads(index.vectors, labels, n_intents, folds, previous)
-    features = _cross_fitted_features(index.vectors, labels, n_intents, folds, heads)
+    heads, per_fold = fit_heads(index.vectors, labels, n_intents, folds, previous,
+                                lambda fold, head: _out_of_fold_features(index, n_intents, folds, fold, head))
+    features = np.zeros((len(labels), 3))
+    for fold, values in enumerate(per_fold):
+        features[folds == fold] = values
     in_scope = labels != OUT_OF_SCOPE
     if in_scope.all():
         # No negatives: the score is the standardised head logit, squashed to (0, 1).
@@ -176,21 +178,15 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, folds: np.ndarray, previo
     return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT), heads
 
 
-def _cross_fitted_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray,
-                           heads: Heads) -> np.ndarray:
-    """Calibrator features of every catalog row, each computed by a head and index that never saw it."""
-
-    def fold_features(fold: int) -> np.ndarray:
-        held_out, rest = folds == fold, folds != fold
-        index = PrototypeIndex.build(vectors[rest], labels[rest], hnsw=False)
-        probe = HeadScorer(index, n_intents, *heads.folds[fold], np.zeros(3), 0.0, np.zeros(3), np.ones(3))
-        return probe.features(vectors[held_out])[0]
-
-    present = [fold for fold in range(len(heads.folds)) if (folds == fold).any()]
-    features = np.zeros((len(labels), 3))
-    for fold, values in zip(present, map_parallel(fold_features, present, available_cores())):
-        features[folds == fold] = values
-    return features
+def _out_of_fold_features(index: PrototypeIndex, n_intents: int, folds: np.ndarray, fold: int,
+                          head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Calibrator features of the rows in ``fold``, from its ``head`` and an index of the other folds' rows."""
+    held_out, rest = folds == fold, folds != fold
+    if not held_out.any():
+        return np.zeros((0, 3))
+    fold_index = PrototypeIndex.build(index.vectors[rest], index.labels[rest], hnsw=False)
+    probe = HeadScorer(fold_index, n_intents, *head, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
+    return probe.features(index.vectors[held_out])[0]
 
 
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 
-from gatekeeper.parallel import available_cores, map_parallel
+from gatekeeper.parallel import available_cores, single_threaded_pool
 from gatekeeper.scoring import HEAD_TOL, fit_head
 
 CROSS_FIT_FOLDS = 3
@@ -29,6 +30,7 @@ _HEADS_FILE = "heads.npz"
 
 #: A head: weights (d, classes) and biases (classes,).
 Head = tuple[np.ndarray, np.ndarray]
+Result = TypeVar("Result")
 
 
 @dataclass
@@ -46,10 +48,13 @@ def fold_ids(texts: list[str], n_folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
 
 
 def fit_heads(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray,
-              previous: Heads | None = None) -> Heads:
-    """Fit the full head and every fold's head, in parallel, each warm-started from ``previous`` if given.
+              previous: Heads | None, per_fold: Callable[[int, Head], Result]) -> tuple[Heads, list[Result]]:
+    """Fit the full head and every fold's head, each warm-started from ``previous`` if given.
 
     ``folds`` holds each row's fold in ``range(CROSS_FIT_FOLDS)`` (see :func:`fold_ids`).
+    ``per_fold(fold, head)`` runs as soon as that fold's head is fitted, alongside
+    the remaining fits (a warm full head takes longest); returns the heads and
+    the results of ``per_fold`` in fold order.
     """
     masks = [np.ones(len(labels), bool)] + [folds != fold for fold in range(CROSS_FIT_FOLDS)]
     if previous is None or len(previous.folds) != CROSS_FIT_FOLDS:
@@ -58,12 +63,16 @@ def fit_heads(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np
         jobs = [(masks[0], previous.full, WARM_FULL_HEAD_TOL)]
         jobs += [(mask, init, HEAD_TOL) for mask, init in zip(masks[1:], previous.folds)]
 
-    def fit(job: tuple[np.ndarray, Head | None, float]) -> Head:
-        mask, init, tol = job
+    def fit(mask: np.ndarray, init: Head | None, tol: float) -> Head:
         return fit_head(vectors[mask], labels[mask], n_intents, init=init, tol=tol)
 
-    heads = map_parallel(fit, jobs, available_cores())
-    return Heads(full=heads[0], folds=heads[1:])
+    with single_threaded_pool(available_cores()) as pool:
+        fitted = [pool.submit(fit, *job) for job in jobs]
+        # Queued after every fit, so a follow-up only ever waits for a fit that is already running.
+        followers = [pool.submit(lambda fold, head: per_fold(fold, head.result()), fold, head)
+                     for fold, head in enumerate(fitted[1:])]
+        heads = Heads(full=fitted[0].result(), folds=[head.result() for head in fitted[1:]])
+        return heads, [follower.result() for follower in followers]
 
 
 def save_heads(folder: Path, intents: list[str], heads: Heads) -> None:

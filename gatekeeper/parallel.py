@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from threadpoolctl import threadpool_limits
 
@@ -23,6 +24,14 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+@contextmanager
+def single_threaded_pool(workers: int) -> Iterator[ThreadPoolExecutor]:
+    """A pool of ``workers`` threads; while the block runs, BLAS is single-threaded."""
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(
+            max_workers=max(1, workers), thread_name_prefix="gatekeeper-worker") as pool:
+        yield pool
+
+
 def map_parallel(function: Callable[[Item], Result], items: Sequence[Item], workers: int) -> list[Result]:
     """``[function(item) for item in items]``, run by up to ``workers`` threads, BLAS single-threaded.
 
@@ -30,8 +39,8 @@ def map_parallel(function: Callable[[Item], Result], items: Sequence[Item], work
     in parallel. With one worker (or one item) it runs inline.
     """
     workers = max(1, min(workers, len(items)))
-    with threadpool_limits(limits=1, user_api="blas"):
-        if workers == 1:
+    if workers == 1:
+        with threadpool_limits(limits=1, user_api="blas"):
             return [function(item) for item in items]
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatekeeper-worker") as pool:
-            return list(pool.map(function, items))
+    with single_threaded_pool(workers) as pool:
+        return list(pool.map(function, items))
