@@ -25,7 +25,8 @@ from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_
                                 nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
 
-ARTIFACT_VERSION = 1
+#: Bump whenever what a build produces changes (v2: hash-stable folds, saved heads), so old saves rebuild.
+ARTIFACT_VERSION = 2
 STATE_ENV = "GATEKEEPER_STATE_DIR"
 #: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
 AUTO_FALSE_REJECT = 0.05
