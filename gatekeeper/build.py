@@ -15,18 +15,21 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+from scipy import sparse
 
 from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.head_fitting import Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
-from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, load_scorer,
-                                nearest_similarities, uses_head)
+from gatekeeper.lexical import CharNgrams
+from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, head_inputs,
+                                load_scorer, nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
 
-#: Bump whenever what a build produces changes (v2: hash-stable folds, saved heads), so old saves rebuild.
-ARTIFACT_VERSION = 2
+#: Bump whenever what a build produces changes, so old saves rebuild
+#: (v2: hash-stable folds, saved heads; v3: n-gram features in the head).
+ARTIFACT_VERSION = 3
 STATE_ENV = "GATEKEEPER_STATE_DIR"
 #: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
 AUTO_FALSE_REJECT = 0.05
@@ -78,6 +81,7 @@ def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
     content = {
         "version": ARTIFACT_VERSION,
         "model": embedder.fingerprint,
+        "scorer": catalog.scorer.model_dump(),
         "intents": [[i.name, i.description, i.examples] for i in catalog.intents],
         "out_of_scope": catalog.out_of_scope,
     }
@@ -135,7 +139,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     n_intents = len(catalog.intents)
     if progress:
         progress("fit", 0, 1)
-    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, fold_ids(prototypes.texts), previous)
+    lexical = CharNgrams.fit(prototypes.texts) if catalog.scorer.lexical_features else None
+    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, prototypes.texts, lexical, previous)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -148,6 +153,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "embedded": embedded,
         "index": index.kind,
         "scorer": scorer.name,
+        "lexical_features": lexical.size if lexical is not None and isinstance(scorer, HeadScorer) else 0,
         "auto_threshold": auto_threshold,
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -155,15 +161,25 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta, heads=heads)
 
 
-def _fit_scorer(index: PrototypeIndex, n_intents: int, folds: np.ndarray, previous: Heads | None
-                ) -> tuple[Scorer, float, Heads | None]:
-    """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores."""
+def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical: CharNgrams | None,
+                previous: Heads | None) -> tuple[Scorer, float, Heads | None]:
+    """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores.
+
+    ``texts`` are the index's rows as text; ``lexical`` their fitted n-gram featuriser, if used.
+    """
     labels = index.labels
     if not uses_head(labels, n_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
-    heads, per_fold = fit_heads(index.vectors, labels, n_intents, folds, previous,
-                                lambda fold, head: _out_of_fold_features(index, n_intents, folds, fold, head))
+    folds = fold_ids(texts)
+    lexical_rows = lexical.transform(texts) if lexical is not None else None
+    vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
+
+    def out_of_fold(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return _out_of_fold_features(index, n_intents, folds, fold, head, lexical_rows)
+
+    heads, per_fold = fit_heads(head_inputs(index.vectors, lexical_rows), vocabulary, labels, n_intents, folds,
+                                previous, out_of_fold)
     features = np.zeros((len(labels), 3))
     for fold, values in enumerate(per_fold):
         features[folds == fold] = values
@@ -174,20 +190,21 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, folds: np.ndarray, previo
         calibration = (np.array([1.0, 0.0, 0.0]), 0.0, mean, scale)
     else:
         calibration = fit_calibrator(features, in_scope)
-    scorer = HeadScorer(index, n_intents, *heads.full, *calibration)
+    scorer = HeadScorer(index, n_intents, *heads.full, *calibration, lexical)
     scores = scorer.calibrate(features)
     return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT), heads
 
 
 def _out_of_fold_features(index: PrototypeIndex, n_intents: int, folds: np.ndarray, fold: int,
-                          head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                          head: tuple[np.ndarray, np.ndarray], lexical_rows: sparse.csr_matrix | None
+                          ) -> np.ndarray:
     """Calibrator features of the rows in ``fold``, from its ``head`` and an index of the other folds' rows."""
     held_out, rest = folds == fold, folds != fold
     if not held_out.any():
         return np.zeros((0, 3))
     fold_index = PrototypeIndex.build(index.vectors[rest], index.labels[rest], hnsw=False)
     probe = HeadScorer(fold_index, n_intents, *head, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
-    return probe.features(index.vectors[held_out])[0]
+    return probe.features(index.vectors[held_out], None if lexical_rows is None else lexical_rows[held_out])[0]
 
 
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:

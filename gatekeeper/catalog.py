@@ -16,7 +16,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, Intent, ModelSettings
+from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings
 
 CATALOG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_CATALOG = "intents"
@@ -139,13 +139,14 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
             seen[intent.name] = (file, line)
             intents.append(_with_file_defaults(intent, part.defaults))
     model = _single_section(parsed, "model", ModelSettings(), problems)
+    scorer = _single_section(parsed, "scorer", ScorerSettings(), problems)
     defaults = next((part.defaults for _, part, _ in parsed if part.defaults), Defaults())
     if problems:
         raise CatalogError(problems)
     names = {part.name for _, part, _ in parsed if part.name}
     name = names.pop() if len(names) == 1 else (path.stem if path.is_file() else path.resolve().name)
     return Catalog(
-        name=name, model=model, defaults=defaults, intents=intents,
+        name=name, model=model, scorer=scorer, defaults=defaults, intents=intents,
         out_of_scope=[text for _, part, _ in parsed for text in part.out_of_scope],
         sources=[str(file) for file, _, _ in parsed],
     )

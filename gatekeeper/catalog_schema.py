@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Union
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
+                      field_validator)
 
 SCHEMA_VERSION = 1
 LANGUAGES = ("zh", "en")
@@ -48,6 +49,14 @@ class ModelSettings(_Strict):
     batch_size: StrictInt = Field(default=64, gt=0)
     timeout_s: Union[StrictFloat, StrictInt] = Field(default=30.0, gt=0)
     max_retries: StrictInt = Field(default=3, ge=0)
+
+
+class ScorerSettings(_Strict):
+    """How messages are scored against the catalog."""
+
+    #: Give the head character n-gram features of the text beside the embedding
+    #: (more accurate; fitting a large catalog takes longer: docs/quality.md, docs/performance.md).
+    lexical_features: StrictBool = True
 
 
 class RejectReply(_Strict):
@@ -99,6 +108,7 @@ class CatalogFile(_Strict):
     version: Literal[1] = SCHEMA_VERSION
     name: StrictStr | None = None
     model: ModelSettings | None = None
+    scorer: ScorerSettings | None = None
     defaults: Defaults | None = None
     intents: list[Intent] = []
     out_of_scope: list[Utterance] = []
@@ -109,6 +119,7 @@ class Catalog(_Strict):
 
     name: str
     model: ModelSettings
+    scorer: ScorerSettings
     defaults: Defaults
     intents: list[Intent]
     out_of_scope: list[str]

@@ -63,7 +63,7 @@ def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], sh
         for start in range(0, len(texts), EMBED_BATCH):
             vectors.append(gate.embed(texts[start:start + EMBED_BATCH]))
             bar.update(min(EMBED_BATCH, len(texts) - start))
-    batch = gate.router.scorer.score(np.concatenate(vectors))
+    batch = gate.router.scorer.score(np.concatenate(vectors), texts)
     in_scope = np.array([label not in oos_labels for _, label in kept])
     true_intent = np.array([names.get(intent_name_for_label(label), -1) if inside else -1
                             for (_, label), inside in zip(kept, in_scope)])

@@ -4,7 +4,9 @@ The catalog's rows are split into folds by a hash of their text, so editing a
 catalog moves only the edited rows. Each build saves its heads (the full one
 and one per fold) beside the index; the next build of a catalog with the same
 intents starts every fit from them, and since the data barely changed, the
-fits converge in a few iterations instead of dozens.
+fits converge in a few iterations instead of dozens. Heads over n-gram
+features are saved with their vocabulary and realigned to the new one first
+(:func:`realign`), since an edit can add or drop n-grams.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from gatekeeper.parallel import available_cores, single_threaded_pool
-from gatekeeper.scoring import HEAD_TOL, fit_head
+from gatekeeper.scoring import HEAD_TOL, HeadInputs, fit_head
 
 CROSS_FIT_FOLDS = 3
 #: Gradient tolerance of a warm-started full head. At the cold tolerance an
@@ -39,6 +41,8 @@ class Heads:
 
     full: Head
     folds: list[Head]
+    #: The n-grams whose weights follow the embedding's in every head (empty without n-gram features).
+    vocabulary: np.ndarray
 
 
 def fold_ids(texts: list[str], n_folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
@@ -47,10 +51,12 @@ def fold_ids(texts: list[str], n_folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
                      for text in texts], dtype=np.int32)
 
 
-def fit_heads(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray,
-              previous: Heads | None, per_fold: Callable[[int, Head], Result]) -> tuple[Heads, list[Result]]:
+def fit_heads(inputs: HeadInputs, vocabulary: np.ndarray, labels: np.ndarray, n_intents: int,
+              folds: np.ndarray, previous: Heads | None, per_fold: Callable[[int, Head], Result]
+              ) -> tuple[Heads, list[Result]]:
     """Fit the full head and every fold's head, each warm-started from ``previous`` if given.
 
+    ``inputs`` are :func:`gatekeeper.scoring.head_inputs` over ``vocabulary``'s n-grams.
     ``folds`` holds each row's fold in ``range(CROSS_FIT_FOLDS)`` (see :func:`fold_ids`).
     ``per_fold(fold, head)`` runs as soon as that fold's head is fitted, alongside
     the remaining fits (a warm full head takes longest); returns the heads and
@@ -60,26 +66,27 @@ def fit_heads(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np
     if previous is None or len(previous.folds) != CROSS_FIT_FOLDS:
         jobs = [(mask, None, HEAD_TOL) for mask in masks]
     else:
+        previous = realign(previous, vocabulary)
         jobs = [(masks[0], previous.full, WARM_FULL_HEAD_TOL)]
         jobs += [(mask, init, HEAD_TOL) for mask, init in zip(masks[1:], previous.folds)]
 
     def fit(mask: np.ndarray, init: Head | None, tol: float) -> Head:
-        return fit_head(vectors[mask], labels[mask], n_intents, init=init, tol=tol)
+        return fit_head(inputs[mask], labels[mask], n_intents, init=init, tol=tol)
 
     with single_threaded_pool(available_cores()) as pool:
         fitted = [pool.submit(fit, *job) for job in jobs]
         # Queued after every fit, so a follow-up only ever waits for a fit that is already running.
         followers = [pool.submit(lambda fold, head: per_fold(fold, head.result()), fold, head)
                      for fold, head in enumerate(fitted[1:])]
-        heads = Heads(full=fitted[0].result(), folds=[head.result() for head in fitted[1:]])
+        heads = Heads(full=fitted[0].result(), folds=[head.result() for head in fitted[1:]], vocabulary=vocabulary)
         return heads, [follower.result() for follower in followers]
 
 
 def save_heads(folder: Path, intents: list[str], heads: Heads) -> None:
     """Keep ``heads`` in ``folder`` for the next build of a catalog with the same ``intents``."""
     folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"intents": np.array(intents, dtype=str), "full_weights": heads.full[0],
-              "full_bias": heads.full[1]}
+    arrays = {"intents": np.array(intents, dtype=str), "vocabulary": np.asarray(heads.vocabulary, dtype=str),
+              "full_weights": heads.full[0], "full_bias": heads.full[1]}
     for fold, (weights, bias) in enumerate(heads.folds):
         arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"] = weights, bias
     np.savez(folder / _HEADS_FILE, **arrays)
@@ -94,6 +101,24 @@ def load_heads(folder: Path, intents: list[str]) -> Heads | None:
             n_folds = sum(1 for key in arrays.files if key.endswith("_weights")) - 1
             return Heads(full=(arrays["full_weights"], arrays["full_bias"]),
                          folds=[(arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"])
-                                for fold in range(n_folds)])
+                                for fold in range(n_folds)],
+                         vocabulary=arrays["vocabulary"])
     except (OSError, KeyError, ValueError):
         return None
+
+
+def realign(heads: Heads, vocabulary: np.ndarray) -> Heads:
+    """``heads`` with their n-gram rows moved to where ``vocabulary`` has them; new n-grams start at 0."""
+    if np.array_equal(heads.vocabulary, vocabulary):
+        return heads
+    dim = heads.full[0].shape[0] - len(heads.vocabulary)
+    _, new_rows, old_rows = np.intersect1d(vocabulary, heads.vocabulary, assume_unique=True, return_indices=True)
+
+    def move(head: Head) -> Head:
+        weights, bias = head
+        moved = np.zeros((dim + len(vocabulary), weights.shape[1]), dtype=weights.dtype)
+        moved[:dim] = weights[:dim]
+        moved[dim + new_rows] = weights[dim + old_rows]
+        return moved, bias
+
+    return Heads(full=move(heads.full), folds=[move(head) for head in heads.folds], vocabulary=vocabulary)

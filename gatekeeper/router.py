@@ -68,7 +68,7 @@ class Router:
         """Decide messages whose (normalised) texts were embedded as ``vectors``."""
         if len(texts) == 0:
             return []
-        return self.decide_scores(texts, self.scorer.score(vectors), truncated)
+        return self.decide_scores(texts, self.scorer.score(vectors, texts), truncated)
 
     def decide_scores(self, texts: list[str], batch: ScoreBatch, truncated: list[bool]) -> list[Decision]:
         """Turn a :class:`ScoreBatch` into decisions."""

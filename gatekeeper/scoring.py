@@ -7,7 +7,8 @@ catalog has:
   penalised when an out-of-scope example is nearer. Works zero-shot, from
   intent descriptions alone.
 * :class:`HeadScorer` -- a logistic-regression head over the frozen embeddings
-  (with an out-of-scope class when the catalog has negatives), whose logits are
+  and, by default, character n-gram features of the text (:mod:`gatekeeper.lexical`),
+  with an out-of-scope class when the catalog has negatives. Its logits are
   combined with the prototype similarities by a small calibrator into
   P(in scope). It is much better at both picking the intent and spotting
   off-topic messages (docs/quality.md has the comparison).
@@ -16,18 +17,20 @@ catalog has:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
+from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_limits
 
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.lexical import CharNgrams
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
 #: Inverse regularisation of the head. A generic setting for unit-length sentence
-#: embeddings of a few hundred dims; not tuned on any evaluation set.
+#: embeddings of a few hundred dims (and L2-normalised n-gram rows beside them).
 HEAD_C = 10.0
 #: L-BFGS iteration cap and gradient tolerance of the head fit (scikit-learn's defaults).
 HEAD_MAX_ITER = 200
@@ -52,13 +55,17 @@ class ScoreBatch:
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
 
 
+#: Inputs of a head fit: the embeddings, dense, or the embeddings followed by n-gram features, sparse.
+HeadInputs = np.ndarray | sparse.csr_matrix
+
+
 class Scorer(Protocol):
-    """Scores query vectors against a fitted catalog."""
+    """Scores messages against a fitted catalog."""
 
     name: str
 
-    def score(self, queries: np.ndarray) -> ScoreBatch:
-        """Score unit-length query vectors (n, d)."""
+    def score(self, queries: np.ndarray, texts: Sequence[str]) -> ScoreBatch:
+        """Score messages: their unit-length query vectors (n, d) and their texts."""
         ...
 
     def state(self) -> dict[str, np.ndarray]:
@@ -93,8 +100,8 @@ class NearestPrototypeScorer:
         self._index = index
         self._n_intents = n_intents
 
-    def score(self, queries: np.ndarray) -> ScoreBatch:
-        """Score unit-length query vectors (n, d)."""
+    def score(self, queries: np.ndarray, texts: Sequence[str]) -> ScoreBatch:
+        """Score messages by their vectors (n, d); the texts are not used."""
         per_intent, negative = nearest_similarities(self._index, queries, self._n_intents)
         best = per_intent.max(axis=1)
         penalty = np.maximum(negative - best, 0.0)
@@ -106,15 +113,20 @@ class NearestPrototypeScorer:
 
 
 class HeadScorer:
-    """Logistic-regression head plus a calibrator giving P(in scope)."""
+    """Logistic-regression head plus a calibrator giving P(in scope).
+
+    The head's weights are (d + n-gram features, classes): the first d rows
+    apply to the embedding, the rest to ``lexical``'s features (none without it).
+    """
 
     name = "head"
 
     def __init__(self, index: PrototypeIndex, n_intents: int, head_weights: np.ndarray, head_bias: np.ndarray,
                  calibrator_weights: np.ndarray, calibrator_bias: float, feature_mean: np.ndarray,
-                 feature_scale: np.ndarray):
+                 feature_scale: np.ndarray, lexical: CharNgrams | None = None):
         self._index = index
         self._n_intents = n_intents
+        self.lexical = lexical
         self.head_weights = head_weights.astype(np.float32)
         self.head_bias = head_bias.astype(np.float32)
         self.calibrator_weights = calibrator_weights.astype(np.float64)
@@ -127,9 +139,20 @@ class HeadScorer:
         """Whether the head has an out-of-scope class (its last column)."""
         return self.head_weights.shape[1] == self._n_intents + 1
 
-    def features(self, queries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Calibrator features (n, 3), head logits of the intents (n, K), and nearest-negative mask."""
-        logits = queries @ self.head_weights + self.head_bias
+    def lexical_rows(self, texts: Sequence[str]) -> sparse.csr_matrix | None:
+        """The n-gram features of ``texts``, or None when the head uses none."""
+        return None if self.lexical is None else self.lexical.transform(texts)
+
+    def features(self, queries: np.ndarray, lexical_rows: sparse.csr_matrix | None
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Calibrator features (n, 3), head logits of the intents (n, K), and nearest-negative mask.
+
+        ``lexical_rows`` are the messages' :meth:`lexical_rows`.
+        """
+        dim = queries.shape[1]
+        logits = queries @ self.head_weights[:dim] + self.head_bias
+        if lexical_rows is not None:
+            logits += lexical_rows @ self.head_weights[dim:]
         intent_logits = logits[:, :self._n_intents]
         best_logit = intent_logits.max(axis=1)
         per_intent, negative = nearest_similarities(self._index, queries, self._n_intents)
@@ -141,9 +164,9 @@ class HeadScorer:
         features = np.stack([best_logit, best_cos, negative], axis=1).astype(np.float64)
         return features, intent_logits, nearest_negative
 
-    def score(self, queries: np.ndarray) -> ScoreBatch:
-        """Score unit-length query vectors (n, d)."""
-        features, intent_logits, nearest_negative = self.features(queries)
+    def score(self, queries: np.ndarray, texts: Sequence[str]) -> ScoreBatch:
+        """Score messages: their unit-length query vectors (n, d) and their texts."""
+        features, intent_logits, nearest_negative = self.features(queries, self.lexical_rows(texts))
         return ScoreBatch(intent_scores=softmax(intent_logits), score=self.calibrate(features),
                           nearest_out_of_scope=nearest_negative, features=features)
 
@@ -161,19 +184,20 @@ class HeadScorer:
         """A copy using the given calibrator parameters (as from :meth:`calibrator`)."""
         return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias,
                           np.asarray(calibrator["weights"]), float(calibrator["bias"]),
-                          np.asarray(calibrator["mean"]), np.asarray(calibrator["scale"]))
+                          np.asarray(calibrator["mean"]), np.asarray(calibrator["scale"]), self.lexical)
 
     def refit_calibrator(self, features: np.ndarray, in_scope: np.ndarray) -> "HeadScorer":
         """A copy whose calibrator is refitted on ``features`` labelled ``in_scope`` (True/False)."""
         weights, bias, mean, scale = fit_calibrator(features, in_scope)
         return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias, weights, bias, mean,
-                          scale)
+                          scale, self.lexical)
 
     def state(self) -> dict[str, np.ndarray]:
-        """The head's and the calibrator's parameters."""
+        """The head's, the calibrator's and the n-gram featuriser's parameters."""
         return {"head_weights": self.head_weights, "head_bias": self.head_bias,
                 "calibrator_weights": self.calibrator_weights, "calibrator_bias": np.array(self.calibrator_bias),
-                "feature_mean": self.feature_mean, "feature_scale": self.feature_scale}
+                "feature_mean": self.feature_mean, "feature_scale": self.feature_scale,
+                **(self.lexical.state() if self.lexical is not None else {})}
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -191,10 +215,17 @@ def single_threaded_blas() -> threadpool_limits:
     return threadpool_limits(limits=1)
 
 
-def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int,
+def head_inputs(vectors: np.ndarray, lexical_rows: sparse.csr_matrix | None) -> HeadInputs:
+    """What a head is fitted on: the embeddings, followed by the n-gram features if there are any."""
+    if lexical_rows is None:
+        return vectors
+    return sparse.hstack([sparse.csr_matrix(vectors), lexical_rows], format="csr", dtype=np.float32)
+
+
+def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
              init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = HEAD_TOL
              ) -> tuple[np.ndarray, np.ndarray]:
-    """Fit the multinomial head; out-of-scope rows form class K if there are enough of them.
+    """Fit the multinomial head on :func:`head_inputs`; out-of-scope rows form class K if there are enough.
 
     Returns weights (d, K or K+1) and biases, with columns in intent order.
     ``init`` is an earlier head of the same shape to start from (a warm start:
@@ -206,16 +237,16 @@ def fit_head(vectors: np.ndarray, labels: np.ndarray, n_intents: int,
     targets = np.where(negatives, n_intents, labels)[keep]
     n_classes = n_intents + (1 if use_negatives else 0)
     model = LogisticRegression(C=HEAD_C, max_iter=HEAD_MAX_ITER, tol=tol)
-    if init is not None and init[0].shape == (vectors.shape[1], n_classes):
+    if init is not None and init[0].shape == (inputs.shape[1], n_classes):
         model.warm_start = True
         model.coef_, model.intercept_ = _to_sklearn(init[0][:, np.unique(targets)], init[1][np.unique(targets)])
     with single_threaded_blas():
-        model.fit(vectors[keep], targets)
+        model.fit(inputs[keep], targets)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # binary models store one row: expand to two symmetric columns
         coef = np.vstack([-coef[0], coef[0]]) / 2
         intercept = np.array([-intercept[0], intercept[0]]) / 2
-    weights = np.zeros((vectors.shape[1], n_classes), dtype=np.float32)
+    weights = np.zeros((inputs.shape[1], n_classes), dtype=np.float32)
     bias = np.full(n_classes, -1e4, dtype=np.float32)  # a class with no rows can never win
     weights[:, model.classes_] = coef.T
     bias[model.classes_] = intercept
@@ -250,5 +281,7 @@ def load_scorer(name: str, index: PrototypeIndex, n_intents: int, state: dict[st
     """Rebuild a scorer from :meth:`Scorer.state`."""
     if name == NearestPrototypeScorer.name:
         return NearestPrototypeScorer(index, n_intents)
+    lexical = (CharNgrams.from_state(state["lexical_vocabulary"], state["lexical_idf"])
+               if "lexical_vocabulary" in state else None)
     return HeadScorer(index, n_intents, state["head_weights"], state["head_bias"], state["calibrator_weights"],
-                      float(state["calibrator_bias"]), state["feature_mean"], state["feature_scale"])
+                      float(state["calibrator_bias"]), state["feature_mean"], state["feature_scale"], lexical)
