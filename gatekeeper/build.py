@@ -139,8 +139,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     n_intents = len(catalog.intents)
     if progress:
         progress("fit", 0, 1)
-    lexical = CharNgrams.fit(prototypes.texts) if catalog.scorer.lexical_features else None
-    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, prototypes.texts, lexical, previous)
+    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, prototypes.texts,
+                                                catalog.scorer.lexical_features, previous)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -153,7 +153,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "embedded": embedded,
         "index": index.kind,
         "scorer": scorer.name,
-        "lexical_features": lexical.size if lexical is not None and isinstance(scorer, HeadScorer) else 0,
+        "lexical_features": heads.vocabulary.size if heads is not None else 0,
         "auto_threshold": auto_threshold,
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -161,17 +161,19 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta, heads=heads)
 
 
-def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical: CharNgrams | None,
+def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical_features: bool,
                 previous: Heads | None) -> tuple[Scorer, float, Heads | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores.
 
-    ``texts`` are the index's rows as text; ``lexical`` their fitted n-gram featuriser, if used.
+    ``texts`` are the index's rows as text; with ``lexical_features`` the head
+    also gets their character n-grams.
     """
     labels = index.labels
     if not uses_head(labels, n_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
     folds = fold_ids(texts)
+    lexical = CharNgrams.fit(texts) if lexical_features else None
     lexical_rows = lexical.transform(texts) if lexical is not None else None
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
 

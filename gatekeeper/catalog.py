@@ -196,6 +196,8 @@ def _problem_from_pydantic(file: Path, root: yaml.Node, item: dict[str, Any]) ->
         message = "this field is required; add it"
     elif field.endswith("threshold") and kind in ("float_type", "float_parsing", "int_type", "literal_error"):
         message = f"must be a number between -1 and 1, or 'auto' (got {item.get('input')!r})"
+    elif kind == "bool_type":
+        message = f"must be true or false (got {item.get('input')!r})"
     elif kind in ("string_type", "str_type"):
         message = f"must be a string, got {type(item.get('input')).__name__} {item.get('input')!r}; quote it"
     elif kind == "value_error":

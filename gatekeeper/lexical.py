@@ -25,6 +25,7 @@ MIN_TEXTS = 2
 
 
 def _vectorizer(vocabulary: dict[str, int] | None = None, min_df: int = 1) -> TfidfVectorizer:
+    """The one vectorizer configuration, for fitting (``min_df``) or rebuilding (``vocabulary``)."""
     return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=min_df,
                            dtype=np.float32, vocabulary=vocabulary)
 
@@ -38,15 +39,8 @@ class CharNgrams:
 
     @classmethod
     def fit(cls, texts: Sequence[str]) -> "CharNgrams":
-        """Learn the vocabulary and IDF weights of ``texts``.
-
-        Falls back to every n-gram when the catalog is too small for any
-        n-gram to occur :data:`MIN_TEXTS` times.
-        """
-        try:
-            return cls(_vectorizer(min_df=MIN_TEXTS).fit(list(texts)))
-        except ValueError:  # scikit-learn: "After pruning, no terms remain"
-            return cls(_vectorizer().fit(list(texts)))
+        """Learn the vocabulary and IDF weights of ``texts`` (at least :data:`MIN_TEXTS` of them)."""
+        return cls(_vectorizer(min_df=MIN_TEXTS).fit(list(texts)))
 
     @classmethod
     def from_state(cls, vocabulary: np.ndarray, idf: np.ndarray) -> "CharNgrams":

@@ -78,6 +78,8 @@ SINGLE_MISTAKES = {
     "empty example": ('"explain this charge"', '"   "', 10, "intents[0].examples[1]", "empty"),
     "empty out-of-scope example": ('"tell me a joke"', '""', 15, "out_of_scope[0]", "empty"),
     "bad intent name": ("name: refunds", "name: my refunds", 11, "intents[1].name", "letters, digits"),
+    "scorer setting not a boolean": ("defaults:\n", "scorer:\n  lexical_features: maybe\ndefaults:\n", 4,
+                                     "scorer.lexical_features", "must be true or false"),
 }
 
 

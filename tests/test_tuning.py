@@ -75,7 +75,7 @@ def test_tune_then_eval_uses_saved_thresholds(smp_catalog, tmp_path):
                 "accuracy_with_oos", "fpr_at_95_tpr"):
         assert key in after
     assert after["n"] == 667 and after["n_oos"] == 51
-    assert after["auroc"] >= 0.96 and after["in_scope_accuracy"] >= 0.9
+    assert after["auroc"] >= 0.96 and after["in_scope_accuracy"] >= 0.92
     assert after["oos_recall"] >= 0.75 and after["false_reject_rate"] <= 0.08
     # route picks the tuned thresholds up with no extra flag.
     routed = json.loads(gatekeeper("route", "--catalog", str(smp_catalog), "--json", "今天天气怎么样").stdout)
@@ -124,4 +124,4 @@ def test_clinc150_protocol_meets_quality_floor(tmp_path):
                                    "--json").stdout)
     assert result["auroc"] >= 0.97
     assert result["oos_recall"] >= 0.85 and result["false_reject_rate"] <= 0.06
-    assert result["in_scope_accuracy"] >= 0.94
+    assert result["in_scope_accuracy"] >= 0.95

@@ -1,0 +1,133 @@
+"""Character n-gram features of the head: fitting, saving, warm starts, the opt-out, and what they are worth."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gatekeeper.build import build_artifacts, state_dir
+from gatekeeper.catalog import load_catalog
+from gatekeeper.commands.import_cmd import catalog_document
+from gatekeeper.evaluation import metrics, score_rows
+from gatekeeper.gate import Gate
+from gatekeeper.head_fitting import Heads, load_heads, realign
+from gatekeeper.lexical import CharNgrams
+from gatekeeper.scoring import HeadScorer
+from tests.conftest import INTENTS, SHARED_DATA
+
+TEXTS = ["我要查话费", "帮我查一下话费余额", "话费怎么这么贵", "check my balance", "what is my balance", "套餐怎么改"]
+
+
+def test_vocabulary_keeps_ngrams_shared_by_two_texts():
+    lexical = CharNgrams.fit(TEXTS)
+    vocabulary = set(lexical.vocabulary.tolist())
+    assert {"话费", "查", "bal", "ala"} <= vocabulary  # Chinese words and English fragments alike
+    assert "余额" not in vocabulary and "套餐" not in vocabulary  # in one text only
+    rows = lexical.transform(["话费余额"])
+    assert rows.shape == (1, lexical.size) and rows.dtype == np.float32
+    assert np.linalg.norm(rows.toarray()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_state_round_trips_without_pickles(tmp_path):
+    lexical = CharNgrams.fit(TEXTS)
+    np.savez(tmp_path / "state.npz", **lexical.state())
+    with np.load(tmp_path / "state.npz", allow_pickle=False) as arrays:
+        rebuilt = CharNgrams.from_state(arrays["lexical_vocabulary"], arrays["lexical_idf"])
+    probe = ["查话费", "my balance please", "完全无关的句子"]
+    assert (rebuilt.transform(probe) != lexical.transform(probe)).nnz == 0
+
+
+def test_realign_moves_rows_to_the_new_vocabulary():
+    dim = 2
+    weights = np.arange(5 * 3, dtype=np.float32).reshape(5, 3)  # 2 embedding rows, then 'a', 'b', 'c'
+    bias = np.ones(3, dtype=np.float32)
+    heads = Heads(full=(weights, bias), folds=[(weights + 100, bias)], vocabulary=np.array(["a", "b", "c"]))
+    moved = realign(heads, np.array(["b", "c", "d"]))
+    full = moved.full[0]
+    assert full.shape == (dim + 3, 3)
+    np.testing.assert_array_equal(full[:dim], weights[:dim])
+    np.testing.assert_array_equal(full[dim:dim + 2], weights[dim + 1:])  # 'b', 'c' kept their weights
+    np.testing.assert_array_equal(full[dim + 2], 0)  # 'd' is new
+    np.testing.assert_array_equal(moved.folds[0][0][dim:dim + 2], weights[dim + 1:] + 100)
+    assert realign(heads, heads.vocabulary) is heads
+
+
+def _copy_catalog(tmp_path: Path, name: str, **sections: object) -> Path:
+    """The bundled telecom catalog under another name, with ``sections`` replaced."""
+    document = yaml.safe_load((INTENTS / "telecom_zh.yaml").read_text(encoding="utf-8"))
+    document.update(sections)
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_lexical_features_are_on_by_default_and_can_be_turned_off(tmp_path, use_embedder):
+    with_ngrams = Gate.load(_copy_catalog(tmp_path, "lexical_on"), embedder=use_embedder)
+    without = Gate.load(_copy_catalog(tmp_path, "lexical_off", scorer={"lexical_features": False}),
+                        embedder=use_embedder)
+    assert with_ngrams.artifacts.meta["lexical_features"] > 100
+    assert isinstance(with_ngrams.router.scorer, HeadScorer) and with_ngrams.router.scorer.lexical is not None
+    assert without.artifacts.meta["lexical_features"] == 0 and without.router.scorer.lexical is None
+    assert with_ngrams.artifacts.fingerprint != without.artifacts.fingerprint
+    for gate in (with_ngrams, without):
+        assert gate.decide("我想查一下这个月的话费").intent == "bill_inquiry"
+        assert not gate.decide("今天天气怎么样").accepted
+
+
+def test_saved_scorer_reloads_with_its_ngrams(tmp_path, use_embedder):
+    path = _copy_catalog(tmp_path, "lexical_reload")
+    built = Gate.load(path, embedder=use_embedder)
+    loaded = Gate.load(path, embedder=use_embedder)
+    assert built.rebuilt and not loaded.rebuilt
+    messages = ["我想查一下这个月的话费", "宽带断了怎么办", "帮我写一首诗"]
+    assert [d.to_dict() for d in built.decide_many(messages)] == [d.to_dict() for d in loaded.decide_many(messages)]
+
+
+def test_edit_with_new_ngrams_warm_starts_and_matches_a_cold_build(tmp_path, use_embedder):
+    path = _copy_catalog(tmp_path, "lexical_warm")
+    Gate.load(path, embedder=use_embedder)
+    document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    added = ["我的宽带光猫指示灯一直闪红灯", "光猫红灯闪烁上不了网"]
+    broadband = next(intent for intent in document["intents"] if intent["name"] == "broadband_repair")
+    broadband["examples"].extend(added)
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+    previous = load_heads(state_dir(path), load_catalog(path).intent_names())
+    warm = Gate.load(path, embedder=use_embedder)
+    assert warm.rebuilt and previous is not None
+    assert not set(warm.router.scorer.lexical.vocabulary) <= set(previous.vocabulary)  # realign had work to do
+    cold = build_artifacts(warm.catalog, use_embedder, previous=None)
+    probe = [text for intent in warm.catalog.intents for text in intent.examples] + ["光猫一直闪红灯怎么办"]
+    vectors = use_embedder.encode(probe, is_query=True)
+    warm_intents = warm.router.scorer.score(vectors, probe).intent_scores.argmax(axis=1)
+    cold_intents = cold.scorer.score(vectors, probe).intent_scores.argmax(axis=1)
+    assert (warm_intents == cold_intents).mean() >= 0.99
+    assert warm.decide("光猫一直闪红灯怎么办").intent == "broadband_repair"
+
+
+@pytest.mark.slow
+def test_ngrams_raise_accuracy_on_smp2017(tmp_path, use_embedder):
+    """The reason the features exist, re-measured: SMP2017 test accuracy with and without them."""
+    folder = SHARED_DATA / "smp2017_ecdt"
+
+    def rows(split: str) -> list[tuple[str, str]]:
+        with open(folder / f"{split}.jsonl", encoding="utf-8") as handle:
+            return [(row["text"], row["label"]) for row in map(json.loads, handle)]
+
+    document = catalog_document(rows("train"), {"chat"}, "smp")
+    accuracy = {}
+    for lexical in (True, False):
+        path = tmp_path / f"smp_lexical_{lexical}.yaml"
+        path.write_text(yaml.safe_dump({**document, "scorer": {"lexical_features": lexical}}, allow_unicode=True,
+                                       sort_keys=False), encoding="utf-8")
+        gate = Gate.load(path, embedder=use_embedder)
+        scored = score_rows(gate, rows("test"), {"chat"}, show_progress=False)
+        accuracy[lexical] = metrics(scored, gate.router.thresholds.per_intent)["in_scope_accuracy"]
+        shutil.rmtree(state_dir(path), ignore_errors=True)
+    assert accuracy[True] >= 0.92
+    assert accuracy[True] >= accuracy[False] + 0.02
