@@ -281,7 +281,7 @@ def load_scorer(name: str, index: PrototypeIndex, n_intents: int, state: dict[st
     """Rebuild a scorer from :meth:`Scorer.state`."""
     if name == NearestPrototypeScorer.name:
         return NearestPrototypeScorer(index, n_intents)
-    lexical = (CharNgrams.from_state(state["lexical_vocabulary"], state["lexical_idf"])
+    lexical = (CharNgrams(state["lexical_vocabulary"], state["lexical_idf"])
                if "lexical_vocabulary" in state else None)
     return HeadScorer(index, n_intents, state["head_weights"], state["head_bias"], state["calibrator_weights"],
                       float(state["calibrator_bias"]), state["feature_mean"], state["feature_scale"], lexical)

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from sklearn.feature_extraction.text import TfidfVectorizer
 
 from gatekeeper.build import build_artifacts, state_dir
 from gatekeeper.catalog import load_catalog
@@ -16,7 +17,7 @@ from gatekeeper.commands.import_cmd import catalog_document
 from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
 from gatekeeper.head_fitting import Heads, load_heads, realign
-from gatekeeper.lexical import CharNgrams
+from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams
 from gatekeeper.scoring import HeadScorer
 from tests.conftest import INTENTS, SHARED_DATA
 
@@ -37,9 +38,21 @@ def test_state_round_trips_without_pickles(tmp_path):
     lexical = CharNgrams.fit(TEXTS)
     np.savez(tmp_path / "state.npz", **lexical.state())
     with np.load(tmp_path / "state.npz", allow_pickle=False) as arrays:
-        rebuilt = CharNgrams.from_state(arrays["lexical_vocabulary"], arrays["lexical_idf"])
+        rebuilt = CharNgrams(arrays["lexical_vocabulary"], arrays["lexical_idf"])
     probe = ["查话费", "my balance please", "完全无关的句子"]
     assert (rebuilt.transform(probe) != lexical.transform(probe)).nnz == 0
+
+
+def test_transform_equals_scikit_learns():
+    """The lean transform gives scikit-learn's TF-IDF values (same analyzer, vocabulary and IDF)."""
+    reference = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=MIN_TEXTS,
+                                dtype=np.float32).fit(TEXTS)
+    lexical = CharNgrams.fit(TEXTS)
+    probe = TEXTS + ["Balance!! balance?? 话费话费话费", "", "nothing known here: xyz", "查"]
+    ours, theirs = lexical.transform(probe), reference.transform(probe)
+    assert ours.shape == theirs.shape and (ours != 0).toarray().tolist() == (theirs != 0).toarray().tolist()
+    np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-6)
+    assert lexical.transform([]).shape == (0, lexical.size)
 
 
 def test_realign_moves_rows_to_the_new_vocabulary():
