@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -144,3 +146,12 @@ def test_ngrams_raise_accuracy_on_smp2017(tmp_path, use_embedder):
         shutil.rmtree(state_dir(path), ignore_errors=True)
     assert accuracy[True] >= 0.92
     assert accuracy[True] >= accuracy[False] + 0.02
+
+
+def test_build_command_reports_the_ngram_features(tmp_path):
+    path = _copy_catalog(tmp_path, "lexical_cli")
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "build", "--catalog", str(path), "--json"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["scorer"] == "head" and summary["lexical_features"] > 100

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
         "intents": len(meta["intents"]), "examples": meta["examples"], "out_of_scope": meta["out_of_scope"],
         "prototypes": meta["prototypes"], "embedded": meta["embedded"] if gate.rebuilt else 0,
         "model": meta["model"], "dim": meta["dim"], "index": meta["index"], "scorer": meta["scorer"],
+        "lexical_features": meta["lexical_features"],
         "threshold": gate.router.thresholds.global_threshold, "threshold_source": gate.router.thresholds.source,
         "build_seconds": meta["build_seconds"],
     }
