@@ -20,7 +20,7 @@ from scipy import sparse
 from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
-from gatekeeper.head_fitting import Heads, fit_heads, fold_ids, load_heads, save_heads
+from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
 from gatekeeper.lexical import CharNgrams
 from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, head_inputs,
@@ -34,7 +34,8 @@ STATE_ENV = "GATEKEEPER_STATE_DIR"
 #: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
 AUTO_FALSE_REJECT = 0.05
 
-#: Called with (stage, texts done, texts total) while embedding.
+#: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
+#: then ("fit", heads fitted, heads in all).
 ProgressCallback = Callable[[str, int, int], None]
 
 
@@ -130,6 +131,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         if progress:
             progress("embed", done, total)
 
+    advance(0)  # tells the size of the catalog, even when every text is cached
     if cache is not None:
         vectors, embedded = cache.encode(embedder, prototypes.texts, progress=advance)
     else:
@@ -137,10 +139,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         advance(total)
     index = PrototypeIndex.build(vectors, prototypes.labels)
     n_intents = len(catalog.intents)
-    if progress:
-        progress("fit", 0, 1)
     scorer, auto_threshold, heads = _fit_scorer(index, n_intents, prototypes.texts,
-                                                catalog.scorer.lexical_features, previous)
+                                                catalog.scorer.lexical_features, previous, progress)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -162,11 +162,12 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
 
 
 def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical_features: bool,
-                previous: Heads | None) -> tuple[Scorer, float, Heads | None]:
+                previous: Heads | None, progress: ProgressCallback | None = None
+                ) -> tuple[Scorer, float, Heads | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores.
 
     ``texts`` are the index's rows as text; with ``lexical_features`` the head
-    also gets their character n-grams.
+    also gets their character n-grams. ``progress`` hears ("fit", heads done, heads in all).
     """
     labels = index.labels
     if not uses_head(labels, n_intents):
@@ -180,8 +181,11 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical
     def out_of_fold(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         return _out_of_fold_features(index, n_intents, folds, fold, head, lexical_rows)
 
+    if progress:
+        progress("fit", 0, CROSS_FIT_FOLDS + 1)
     heads, per_fold = fit_heads(head_inputs(index.vectors, lexical_rows), vocabulary, labels, n_intents, folds,
-                                previous, out_of_fold)
+                                previous, out_of_fold, on_fitted=(lambda done, total: progress("fit", done, total))
+                                if progress else None)
     features = np.zeros((len(labels), 3))
     for fold, values in enumerate(per_fold):
         features[folds == fold] = values

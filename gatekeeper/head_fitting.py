@@ -52,15 +52,16 @@ def fold_ids(texts: list[str], n_folds: int = CROSS_FIT_FOLDS) -> np.ndarray:
 
 
 def fit_heads(inputs: HeadInputs, vocabulary: np.ndarray, labels: np.ndarray, n_intents: int,
-              folds: np.ndarray, previous: Heads | None, per_fold: Callable[[int, Head], Result]
-              ) -> tuple[Heads, list[Result]]:
+              folds: np.ndarray, previous: Heads | None, per_fold: Callable[[int, Head], Result],
+              on_fitted: Callable[[int, int], None] | None = None) -> tuple[Heads, list[Result]]:
     """Fit the full head and every fold's head, each warm-started from ``previous`` if given.
 
     ``inputs`` are :func:`gatekeeper.scoring.head_inputs` over ``vocabulary``'s n-grams.
     ``folds`` holds each row's fold in ``range(CROSS_FIT_FOLDS)`` (see :func:`fold_ids`).
     ``per_fold(fold, head)`` runs as soon as that fold's head is fitted, alongside
     the remaining fits (a warm full head takes longest); returns the heads and
-    the results of ``per_fold`` in fold order.
+    the results of ``per_fold`` in fold order. ``on_fitted(done, total)`` is
+    called as each fit finishes (for a progress bar).
     """
     masks = [np.ones(len(labels), bool)] + [folds != fold for fold in range(CROSS_FIT_FOLDS)]
     if previous is None or len(previous.folds) != CROSS_FIT_FOLDS:
@@ -75,6 +76,10 @@ def fit_heads(inputs: HeadInputs, vocabulary: np.ndarray, labels: np.ndarray, n_
 
     with single_threaded_pool(available_cores()) as pool:
         fitted = [pool.submit(fit, *job) for job in jobs]
+        if on_fitted is not None:
+            finished = iter(range(1, len(jobs) + 1))  # next() on an iterator is atomic under the GIL
+            for future in fitted:
+                future.add_done_callback(lambda _: on_fitted(next(finished), len(jobs)))
         # Queued after every fit, so a follow-up only ever waits for a fit that is already running.
         followers = [pool.submit(lambda fold, head: per_fold(fold, head.result()), fold, head)
                      for fold, head in enumerate(fitted[1:])]

@@ -1,4 +1,4 @@
-"""Progress bars for long builds (shown on a terminal, and only past a few hundred texts)."""
+"""Progress bars for long builds (shown on a terminal, and only for catalogs of a few hundred texts or more)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,28 @@ from typing import Callable
 
 from gatekeeper.build import ProgressCallback
 
-#: Embedding fewer texts than this shows no bar.
+#: A catalog of fewer texts than this builds without bars.
 MIN_TEXTS_FOR_BAR = 300
 
 
 def build_progress() -> tuple[ProgressCallback, Callable[[], None]]:
-    """A progress callback for :func:`gatekeeper.build.load_or_build`, and a function closing its bar."""
+    """A progress callback for :func:`gatekeeper.build.load_or_build`, and a function closing its bars."""
     bars: dict[str, tqdm] = {}
+    catalog_texts = 0
 
     def update(stage: str, done: int, total: int) -> None:
-        if stage == "embed" and total >= MIN_TEXTS_FOR_BAR:
-            bar = bars.get(stage)
-            if bar is None:
-                bar = bars[stage] = tqdm(total=total, desc="embedding catalog", unit="text", file=sys.stderr,
-                                         disable=None)
-            bar.update(done - bar.n)
-        elif stage == "fit" and "embed" in bars:
+        nonlocal catalog_texts
+        if stage == "embed":
+            catalog_texts = total
+        if catalog_texts < MIN_TEXTS_FOR_BAR or (stage == "embed" and done == 0):
+            return
+        if stage == "fit" and "embed" in bars:
             bars.pop("embed").close()
-            print("fitting scorer ...", file=sys.stderr, flush=True)
+        bar = bars.get(stage)
+        if bar is None:
+            description, unit = ("embedding catalog", "text") if stage == "embed" else ("fitting scorer", "head")
+            bar = bars[stage] = tqdm(total=total, desc=description, unit=unit, file=sys.stderr, disable=None)
+        bar.update(max(0, done - bar.n))  # fits finish on worker threads, possibly out of order
 
     def close() -> None:
         for bar in bars.values():

@@ -18,7 +18,7 @@ from gatekeeper.catalog import load_catalog
 from gatekeeper.commands.import_cmd import catalog_document
 from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
-from gatekeeper.head_fitting import Heads, load_heads, realign
+from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, realign
 from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams
 from gatekeeper.scoring import HeadScorer
 from tests.conftest import INTENTS, SHARED_DATA
@@ -155,3 +155,16 @@ def test_build_command_reports_the_ngram_features(tmp_path):
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
     assert summary["scorer"] == "head" and summary["lexical_features"] > 100
+
+
+def test_fit_progress_hears_every_head():
+    """The build's "fitting scorer" bar advances once per fitted head (full + folds)."""
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(60, 8)).astype(np.float32)
+    labels = np.repeat(np.arange(3), 20).astype(np.int32)
+    texts = [f"message {i}" for i in range(60)]
+    heard: list[tuple[int, int]] = []
+    heads, _ = fit_heads(vectors, np.array([], dtype=str), labels, 3, fold_ids(texts), None,
+                         lambda fold, head: None, on_fitted=lambda done, total: heard.append((done, total)))
+    assert sorted(heard) == [(done, CROSS_FIT_FOLDS + 1) for done in range(1, CROSS_FIT_FOLDS + 2)]
+    assert heads.full[0].shape == (8, 3) and len(heads.folds) == CROSS_FIT_FOLDS
