@@ -16,7 +16,11 @@ otherwise), measure on the test split. Rows:
 * ``zero-shot``: descriptions only, written from the intent names;
 * ``held-out intents``: a fifth of the intents removed from the catalog and
   counted as out of scope in validation and test, to check generalisation to
-  off-topic traffic the catalog never described.
+  off-topic traffic the catalog never described (``--held-out-seeds N``
+  repeats it with N different random fifths).
+
+``--no-lexical-features`` writes every catalog with ``scorer:
+{lexical_features: false}`` (the head on the embedding alone).
 """
 
 from __future__ import annotations
@@ -54,9 +58,14 @@ def read_split(folder: str, split: str) -> list[tuple[str, str]]:
         return [(row["text"], row["label"]) for row in map(json.loads, handle)]
 
 
+#: The ``scorer`` section every benchmark catalog gets (set from the command line).
+SCORER_SETTINGS: dict = {}
+
+
 def write_catalog(folder: Path, name: str, document: dict) -> Path:
-    """Write a catalog document as YAML and return its path."""
+    """Write a catalog document as YAML (with :data:`SCORER_SETTINGS`) and return its path."""
     path = folder / f"{name}.yaml"
+    document = {**document, "scorer": SCORER_SETTINGS} if SCORER_SETTINGS else document
     path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
 
@@ -132,7 +141,7 @@ def held_out_split(train: list, valid: list, test: list, oos: set[str], seed: in
     return [(t, l) for t, l in train if l not in dropped], relabel(valid), relabel(test), len(dropped)
 
 
-def run_dataset(key: str, work: Path, embedder) -> list[dict]:
+def run_dataset(key: str, work: Path, embedder, held_out_seeds: int = 1) -> list[dict]:
     """Every row of the table for one dataset."""
     folder, oos = DATASETS[key]
     train, valid, test = (read_split(folder, split) for split in ("train", "validation", "test"))
@@ -156,17 +165,19 @@ def run_dataset(key: str, work: Path, embedder) -> list[dict]:
     started = time.perf_counter()
     zero = write_catalog(work, f"{key}-zero-shot", zero_shot_document(train, oos, f"{key}-zero-shot"))
     row("zero-shot, tuned", started, tuned_metrics(zero, embedder, valid, test, oos))
-    started = time.perf_counter()
-    kept, h_valid, h_test, n_dropped = held_out_split(train, valid, test, oos)
-    held = write_catalog(work, f"{key}-held-out", catalog_document(kept, oos, f"{key}-held-out"))
-    row(f"held-out intents ({n_dropped}), tuned", started, tuned_metrics(held, embedder, h_valid, h_test, oos))
+    for seed in range(held_out_seeds):
+        started = time.perf_counter()
+        kept, h_valid, h_test, n_dropped = held_out_split(train, valid, test, oos, seed=seed)
+        held = write_catalog(work, f"{key}-held-out-{seed}", catalog_document(kept, oos, f"{key}-held-out"))
+        label = f"held-out intents ({n_dropped})" + (f", seed {seed}" if seed else "")
+        row(f"{label}, tuned", started, tuned_metrics(held, embedder, h_valid, h_test, oos))
     return rows
 
 
 def format_row(row: dict) -> str:
     """One line of the printed table."""
     cells = [f"{row[m]:.3f}" if isinstance(row[m], float) else "  -  " for m in METRICS]
-    return f"{row['dataset']:<9} {row['mode']:<30} " + " ".join(f"{c:>8}" for c in cells) + f" {row['seconds']:>7}"
+    return f"{row['dataset']:<9} {row['mode']:<38} " + " ".join(f"{c:>8}" for c in cells) + f" {row['seconds']:>7}"
 
 
 def main() -> None:
@@ -174,20 +185,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS))
     parser.add_argument("--json", default="benchmarks/results/quality.json", help="where to write the results")
+    parser.add_argument("--held-out-seeds", type=int, default=1, help="held-out-intent splits per dataset")
+    parser.add_argument("--no-lexical-features", action="store_true", help="the head on the embedding alone")
     args = parser.parse_args()
+    if args.no_lexical_features:
+        SCORER_SETTINGS["lexical_features"] = False
     from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
 
     with tempfile.TemporaryDirectory(prefix="gatekeeper-quality-") as work:
         os.environ["GATEKEEPER_STATE_DIR"] = str(Path(work) / "state")
         embedder = UseMultilingualEmbedder(threads=2)
-        print(f"{'dataset':<9} {'mode':<30} " + " ".join(f"{m[:8]:>8}" for m in
+        print(f"{'dataset':<9} {'mode':<38} " + " ".join(f"{m[:8]:>8}" for m in
                                                           ("accuracy", "auroc", "oos_rec", "fr_rate", "fpr@95")) +
               f" {'seconds':>7}")
-        rows = [row for key in args.datasets for row in run_dataset(key, Path(work), embedder)]
+        rows = [row for key in args.datasets
+                for row in run_dataset(key, Path(work), embedder, args.held_out_seeds)]
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "model": embedder.fingerprint, "rows": rows},
-                              indent=2), encoding="utf-8")
+    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "model": embedder.fingerprint,
+                               "scorer": SCORER_SETTINGS, "rows": rows}, indent=2), encoding="utf-8")
     print(f"wrote {out}")
 
 
