@@ -11,6 +11,7 @@ import json
 import os
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -184,8 +185,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
     heads, per_fold = fit_heads(head_inputs(index.vectors, lexical_rows), vocabulary, labels, n_intents, folds,
-                                previous, out_of_fold, on_fitted=(lambda done, total: progress("fit", done, total))
-                                if progress else None)
+                                previous, out_of_fold, on_fitted=partial(progress, "fit") if progress else None)
     features = np.zeros((len(labels), 3))
     for fold, values in enumerate(per_fold):
         features[folds == fold] = values

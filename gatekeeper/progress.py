@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import sys
+from typing import Callable
 
 from tqdm import tqdm
-
-from typing import Callable
 
 from gatekeeper.build import ProgressCallback
 
