@@ -69,8 +69,6 @@ class Artifacts:
     scorer: Scorer
     auto_threshold: float
     meta: dict
-    #: The fitted heads (None for nearest-prototype scoring); kept to warm-start the next build.
-    heads: Heads | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -109,17 +107,21 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
         loaded = _load(folder, fingerprint, len(catalog.intents))
         if loaded is not None:
             return loaded, False
-    artifacts = build_artifacts(catalog, embedder, cache=EmbeddingCache(folder.parent / "embeddings.sqlite"),
-                                progress=progress, previous=load_heads(folder, catalog.intent_names()))
-    _save(folder, artifacts)
+    artifacts, heads = build_artifacts(catalog, embedder,
+                                       cache=EmbeddingCache(folder.parent / "embeddings.sqlite"),
+                                       progress=progress, previous=load_heads(folder, catalog.intent_names()))
+    _save(folder, artifacts, heads)
     return artifacts, True
 
 
 def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
-                    progress: ProgressCallback | None = None, previous: Heads | None = None) -> Artifacts:
+                    progress: ProgressCallback | None = None, previous: Heads | None = None
+                    ) -> tuple[Artifacts, Heads | None]:
     """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache).
 
     ``previous`` are the heads of an earlier build of the same intents, to start the fits from.
+    Returns the artifacts and the fitted heads (None for nearest-prototype
+    scoring), which are only saved for the next build to start from.
     """
     started = time.perf_counter()
     prototypes = Prototypes.from_catalog(catalog)
@@ -159,7 +161,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta, heads=heads)
+    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta), heads
 
 
 def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical_features: bool,
@@ -175,8 +177,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
     folds = fold_ids(texts)
-    lexical = CharNgrams.fit(texts) if lexical_features else None
-    lexical_rows = lexical.transform(texts) if lexical is not None else None
+    lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
 
     def out_of_fold(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -235,11 +236,11 @@ def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
     return float(per_intent.max())
 
 
-def _save(folder: Path, artifacts: Artifacts) -> None:
+def _save(folder: Path, artifacts: Artifacts, heads: Heads | None) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "scorer.npz", **artifacts.scorer.state())
-    if artifacts.heads is not None:
-        save_heads(folder, artifacts.meta["intents"], artifacts.heads)
+    if heads is not None:
+        save_heads(folder, artifacts.meta["intents"], heads)
     artifacts.index.save(folder, artifacts.meta)
 
 

@@ -40,10 +40,14 @@ class CharNgrams:
         self._analyze = _vectorizer().build_analyzer()
 
     @classmethod
-    def fit(cls, texts: Sequence[str]) -> "CharNgrams":
-        """Learn the vocabulary and IDF weights of ``texts`` (at least :data:`MIN_TEXTS` of them)."""
-        vectorizer = _vectorizer(min_df=MIN_TEXTS).fit(list(texts))
-        return cls(vectorizer.get_feature_names_out(), vectorizer.idf_)
+    def fit_transform(cls, texts: Sequence[str]) -> tuple["CharNgrams", sparse.csr_matrix]:
+        """Learn the vocabulary and IDF weights of ``texts`` (at least :data:`MIN_TEXTS` of them).
+
+        Returns the featuriser and the features of ``texts`` (one pass over them).
+        """
+        vectorizer = _vectorizer(min_df=MIN_TEXTS)
+        rows = vectorizer.fit_transform(list(texts))
+        return cls(vectorizer.get_feature_names_out(), vectorizer.idf_), rows.tocsr()
 
     @property
     def size(self) -> int:

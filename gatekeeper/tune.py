@@ -13,6 +13,7 @@ import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
 from gatekeeper.errors import UserError
+from gatekeeper.build import AUTO_FALSE_REJECT
 from gatekeeper.evaluation import ScoredSet, metrics
 from gatekeeper.gate import Gate
 from gatekeeper.router import Thresholds
@@ -33,7 +34,7 @@ class Policy:
     """How to choose the operating point on the ROC curve."""
 
     kind: str = "max_false_reject"
-    max_false_reject: float = 0.05
+    max_false_reject: float = AUTO_FALSE_REJECT
     min_oos_recall: float = 0.9
     cost_llm_call: float = 1.0
     cost_false_reject: float = 10.0

@@ -27,7 +27,7 @@ TEXTS = ["我要查话费", "帮我查一下话费余额", "话费怎么这么�
 
 
 def test_vocabulary_keeps_ngrams_shared_by_two_texts():
-    lexical = CharNgrams.fit(TEXTS)
+    lexical, _ = CharNgrams.fit_transform(TEXTS)
     vocabulary = set(lexical.vocabulary.tolist())
     assert {"话费", "查", "bal", "ala"} <= vocabulary  # Chinese words and English fragments alike
     assert "余额" not in vocabulary and "套餐" not in vocabulary  # in one text only
@@ -37,7 +37,7 @@ def test_vocabulary_keeps_ngrams_shared_by_two_texts():
 
 
 def test_state_round_trips_without_pickles(tmp_path):
-    lexical = CharNgrams.fit(TEXTS)
+    lexical, _ = CharNgrams.fit_transform(TEXTS)
     np.savez(tmp_path / "state.npz", **lexical.state())
     with np.load(tmp_path / "state.npz", allow_pickle=False) as arrays:
         rebuilt = CharNgrams(arrays["lexical_vocabulary"], arrays["lexical_idf"])
@@ -49,7 +49,8 @@ def test_transform_equals_scikit_learns():
     """The lean transform gives scikit-learn's TF-IDF values (same analyzer, vocabulary and IDF)."""
     reference = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=MIN_TEXTS,
                                 dtype=np.float32).fit(TEXTS)
-    lexical = CharNgrams.fit(TEXTS)
+    lexical, fitted_rows = CharNgrams.fit_transform(TEXTS)
+    np.testing.assert_allclose(fitted_rows.toarray(), lexical.transform(TEXTS).toarray(), atol=1e-6)
     probe = TEXTS + ["Balance!! balance?? 话费话费话费", "", "nothing known here: xyz", "查"]
     ours, theirs = lexical.transform(probe), reference.transform(probe)
     assert ours.shape == theirs.shape and (ours != 0).toarray().tolist() == (theirs != 0).toarray().tolist()
@@ -116,7 +117,7 @@ def test_edit_with_new_ngrams_warm_starts_and_matches_a_cold_build(tmp_path, use
     warm = Gate.load(path, embedder=use_embedder)
     assert warm.rebuilt and previous is not None
     assert not set(warm.router.scorer.lexical.vocabulary) <= set(previous.vocabulary)  # realign had work to do
-    cold = build_artifacts(warm.catalog, use_embedder, previous=None)
+    cold, _ = build_artifacts(warm.catalog, use_embedder, previous=None)
     probe = [text for intent in warm.catalog.intents for text in intent.examples] + ["光猫一直闪红灯怎么办"]
     vectors = use_embedder.encode(probe, is_query=True)
     warm_intents = warm.router.scorer.score(vectors, probe).intent_scores.argmax(axis=1)

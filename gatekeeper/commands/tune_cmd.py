@@ -12,6 +12,9 @@ from gatekeeper.evaluation import score_rows
 from gatekeeper.tune import Policy, tune
 from gatekeeper.tuning_file import save_tuning
 
+#: The policy when none is given on the command line (its numbers are the flags' defaults too).
+DEFAULT_POLICY = Policy()
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``tune`` subcommand."""
@@ -21,14 +24,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_oos_label_argument(parser)
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--max-false-reject", type=_rate, metavar="R",
-                        help="highest OOS recall with at most R of in-scope rows rejected (default 0.05)")
+                        help="highest OOS recall with at most R of in-scope rows rejected "
+                             f"(default {DEFAULT_POLICY.max_false_reject})")
     policy.add_argument("--min-oos-recall", type=_rate, metavar="R",
                         help="fewest false rejects with at least R of off-topic rows rejected")
     policy.add_argument("--youden", action="store_true", help="maximise TPR - FPR")
     policy.add_argument("--cost-llm-call", type=float, metavar="C",
                         help="minimum expected cost; an off-topic message let through costs C")
-    parser.add_argument("--cost-false-reject", type=float, default=10.0, metavar="C2",
-                        help="with --cost-llm-call: the cost of refusing an in-scope user (default 10)")
+    parser.add_argument("--cost-false-reject", type=float, default=DEFAULT_POLICY.cost_false_reject, metavar="C2",
+                        help="with --cost-llm-call: the cost of refusing an in-scope user "
+                             f"(default {DEFAULT_POLICY.cost_false_reject:g})")
     parser.add_argument("--per-intent", action="store_true", help="fit thresholds per intent where data allows")
     parser.add_argument("--override", action="store_true",
                         help="let tuned per-intent thresholds replace ones written in the catalog")
@@ -69,8 +74,9 @@ def _policy(args: argparse.Namespace) -> Policy:
         return Policy(kind="youden")
     if args.cost_llm_call is not None:
         return Policy(kind="min_cost", cost_llm_call=args.cost_llm_call, cost_false_reject=args.cost_false_reject)
-    return Policy(kind="max_false_reject",
-                  max_false_reject=0.05 if args.max_false_reject is None else args.max_false_reject)
+    if args.max_false_reject is not None:
+        return Policy(kind="max_false_reject", max_false_reject=args.max_false_reject)
+    return DEFAULT_POLICY
 
 
 def _rate(text: str) -> float:
