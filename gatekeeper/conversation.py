@@ -100,12 +100,13 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     """Decide the latest user message, letting earlier user turns rescue a short follow-up.
 
     Costs one encoder call, and a second only for a short, vague, rejected
-    message that has earlier turns.
+    message that has earlier turns. The second call is best-effort: if it
+    fails, the message is decided alone.
     """
     prepared = gate.prepare(latest)
     text, _, reason = prepared
     if reason is not None:
-        return TurnDecision(gate.decide_prepared([prepared], [], np.zeros((0, 0), dtype=np.float32))[0])
+        return TurnDecision(gate.router.empty_decision(text, reason))
     vector = await embed([text])
     alone = gate.decide_prepared([prepared], [0], vector)[0]
     context = " ".join(previous[-policy.context_turns:]) if policy.context_turns else ""
@@ -114,9 +115,14 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     nearest, _ = gate.artifacts.index.search(vector, 1)
     if float(nearest[0, 0]) >= policy.max_similarity:
         return TurnDecision(alone)
+    # The joined text must fit the length limit with the latest message whole: cut the oldest context.
+    context = context[max(0, len(context) + len(text) + 1 - gate.catalog.defaults.max_chars):]
     joined_prepared = gate.prepare(f"{context} {text}")
     context_text = gate.prepare(context)[0]
-    joined_vector, context_vector = await embed([joined_prepared[0], context_text])
+    try:
+        joined_vector, context_vector = await embed([joined_prepared[0], context_text])
+    except Exception:  # noqa: BLE001 - the embedder reports its own failures; this check is optional
+        return TurnDecision(alone)
     joined = gate.decide_prepared([joined_prepared], [0], joined_vector[None, :])[0]
     if joined.accepted and float(joined_vector @ context_vector) >= float(joined_vector @ vector[0]):
         return TurnDecision(replace(joined, text=alone.text, truncated=alone.truncated), followup=True)

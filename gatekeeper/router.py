@@ -97,10 +97,10 @@ class Router:
         return Decision(text=text, accepted=False, intent=None, score=0.0, threshold=round(threshold, 6),
                         margin=round(-threshold, 6), reason=reason)
 
-    def reject_reply(self, decision: Decision, language: str) -> str:
-        """The canned reply for a rejected message: the nearest intent's, else the catalog default."""
+    def reject_reply(self, intent_name: str | None, language: str) -> str:
+        """The canned reply for a rejected message: its nearest intent's, else (None) the catalog default."""
         reply = self.catalog.defaults.reject_reply
-        if decision.intent is not None:
-            intent = self.catalog.intents[self._names.index(decision.intent)]
+        if intent_name is not None:
+            intent = self.catalog.intents[self._names.index(intent_name)]
             reply = intent.reject_reply or reply
         return reply.zh if language == "zh" else reply.en

@@ -10,6 +10,7 @@ request and behaves according to the request's ``model``:
 * ``mock-401``: HTTP 401 with an OpenAI-style error body;
 * ``mock-slow``: answers only after :data:`SLOW_SECONDS`;
 * ``mock-stall``: starts a stream, then stalls for :data:`SLOW_SECONDS`;
+* ``mock-gzip``: the stream, gzip-compressed (``content-encoding: gzip``);
 * anything else: a ``chat.completion`` (or, with ``stream: true``, three SSE
   chunks a little apart, then ``[DONE]``) echoing the last user message.
 """
@@ -20,6 +21,7 @@ import json
 import socket
 import threading
 import time
+import zlib
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -83,7 +85,7 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             last = next((m.get("content") for m in reversed(body.get("messages", [])) if m.get("role") == "user"),
                         "")
             if body.get("stream"):
-                return self._stream(model, stall=model == "mock-stall")
+                return self._stream(model, stall=model == "mock-stall", gzipped=model == "mock-gzip")
             self._json(200, {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
                              "choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": f"echo: {last}"}}],
@@ -98,20 +100,28 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        def _stream(self, model: str, stall: bool) -> None:
+        def _stream(self, model: str, stall: bool, gzipped: bool) -> None:
             self.send_response(200)
             self.send_header("content-type", "text/event-stream")
             self.send_header("transfer-encoding", "chunked")
+            if gzipped:
+                self.send_header("content-encoding", "gzip")
             self.end_headers()
+            compressor = zlib.compressobj(wbits=31)  # gzip framing, flushed per event so it still streams
             events = [{"id": "chatcmpl-up", "object": "chat.completion.chunk", "created": 1, "model": model,
                        "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
                       for piece in STREAM_PIECES]
             events[-1]["choices"][0]["finish_reason"] = "stop"
             for event in [*(f"data: {json.dumps(e)}\n\n" for e in events), "data: [DONE]\n\n"]:
                 data = event.encode()
+                if gzipped:
+                    data = compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH)
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
                 self.wfile.flush()
                 time.sleep(SLOW_SECONDS if stall else 0.05)
+            if gzipped:
+                tail = compressor.flush()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(tail), tail))
             self.wfile.write(b"0\r\n\r\n")
 
     return Handler

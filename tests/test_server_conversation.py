@@ -172,3 +172,33 @@ def test_estimate_tokens_counts_cjk_characters_and_quarter_other_characters():
     assert estimate_tokens("话费查询") == 4
     assert estimate_tokens("abcdefgh") == 2
     assert estimate_tokens("查话费 bill") == 3 + 5 / 4
+
+
+def test_a_long_context_is_cut_from_the_start_so_the_latest_message_is_always_joined(gates):
+    gate = gates["telecom"]
+    seen: list[list[str]] = []
+
+    async def embed(texts):
+        seen.append(list(texts))
+        return gate.embed(texts)
+
+    long_turn = "我这个月话费怎么扣了这么多" * 200  # far past the catalog's max_chars
+    asyncio.run(decide_turn(gate, embed, "那另一个呢?", [long_turn], POLICY))
+    joined = seen[1][0]
+    assert joined.endswith("那另一个呢?") and len(joined) <= gate.catalog.defaults.max_chars
+
+
+def test_a_failed_follow_up_check_decides_the_message_alone(gates):
+    gate = gates["telecom"]
+    calls = 0
+
+    async def embed_once(texts):
+        nonlocal calls
+        calls += 1
+        if calls > 1:
+            raise RuntimeError("encoder down")
+        return gate.embed(texts)
+
+    turn = asyncio.run(decide_turn(gate, embed_once, "那另一个呢?", ["我这个月话费怎么扣了这么多"], POLICY))
+    assert calls == 2 and turn.followup is False
+    assert turn.decision == gate.decide("那另一个呢?")

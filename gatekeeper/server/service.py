@@ -89,8 +89,8 @@ class GateService:
     @staticmethod
     def reject_reply(outcome: ChatOutcome) -> str:
         """The canned reply for a blocked request, in the message's language."""
-        decision = outcome.decision or outcome.gate.router.empty_decision("", REASON_FAIL_CLOSED)
-        return outcome.gate.router.reject_reply(decision, outcome.language)
+        intent = outcome.decision.intent if outcome.decision is not None else None
+        return outcome.gate.router.reject_reply(intent, outcome.language)
 
     async def decide_messages(self, messages: Sequence[Mapping]) -> TurnDecision:
         """Decide a conversation's latest user turn (no mode or policy: decision only).

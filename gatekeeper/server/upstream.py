@@ -105,9 +105,13 @@ class Upstream:
 
 
 async def relay(response: UpstreamResponse, on_error: Callable[[UpstreamError], None]) -> AsyncIterator[bytes]:
-    """Yield the upstream body's bytes as they arrive; a mid-stream failure ends it with an SSE error event."""
+    """Yield the upstream body's bytes as they arrive; a mid-stream failure ends it with an SSE error event.
+
+    The bytes are decoded (gzip, deflate...) because ``content-encoding`` is
+    not relayed: the caller gets a plain stream whatever the upstream sent.
+    """
     try:
-        async for chunk in response.raw.aiter_raw():
+        async for chunk in response.raw.aiter_bytes():
             yield chunk
     except Exception as error:  # any transport failure of the underlying HTTP client
         failure = _transport_error(error, "relaying the upstream stream")
