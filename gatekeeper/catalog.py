@@ -140,7 +140,7 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
             intents.append(_with_file_defaults(intent, part.defaults))
     model = _single_section(parsed, "model", ModelSettings(), problems)
     scorer = _single_section(parsed, "scorer", ScorerSettings(), problems)
-    defaults = next((part.defaults for _, part, _ in parsed if part.defaults), Defaults())
+    defaults = _catalog_defaults(parsed, problems)
     if problems:
         raise CatalogError(problems)
     names = {part.name for _, part, _ in parsed if part.name}
@@ -150,6 +150,29 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
         out_of_scope=[text for _, part, _ in parsed for text in part.out_of_scope],
         sources=[str(file) for file, _, _ in parsed],
     )
+
+
+def _catalog_defaults(parsed: list[tuple[Path, CatalogFile, yaml.Node]], problems: list[CatalogProblem]) -> Defaults:
+    """The defaults of the whole catalog, from its files' ``defaults`` sections.
+
+    ``max_chars`` must agree across the files that set it. Each file's
+    numeric threshold is already copied onto its own intents, so the catalog's
+    threshold is the one every file has (a file without one has ``auto``),
+    else ``auto``; the reject reply is the first file's (replies for messages
+    with no nearest intent).
+    """
+    files = [(file, part.defaults or Defaults(), root) for file, part, root in parsed]
+    first = next((part.defaults for _, part, _ in parsed if part.defaults), Defaults())
+    setting = [(file, d.max_chars, root) for file, d, root in files if "max_chars" in d.model_fields_set]
+    for file, max_chars, root in setting[1:]:
+        if max_chars != setting[0][1]:
+            problems.append(CatalogProblem(
+                str(file), _line_of(root, ("defaults", "max_chars")), "defaults.max_chars",
+                f"{max_chars} conflicts with {setting[0][1]} in {setting[0][0]}; messages are cut to one "
+                "length for the whole catalog, so set the same value in every file (or in one)"))
+    thresholds = {d.threshold for _, d, _ in files}
+    return first.model_copy(update={"threshold": thresholds.pop() if len(thresholds) == 1 else "auto",
+                                    "max_chars": setting[0][1] if setting else Defaults().max_chars})
 
 
 def _with_file_defaults(intent: Intent, defaults: Defaults | None) -> Intent:

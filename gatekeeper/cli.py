@@ -48,9 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gatekeeper`` console script."""
     from gatekeeper.logs import configure_logging
 
-    configure_logging()
     args = build_parser().parse_args(argv)
     try:
+        configure_logging()
         return args.handler(args)
     except CatalogError as error:
         print(f"catalog error ({len(error.problems)} problem{'s' if len(error.problems) > 1 else ''}):",

@@ -8,6 +8,10 @@ import os
 import sys
 import time
 
+from gatekeeper.errors import UserError
+
+#: The levels a user may set (the sidecar's log_level setting accepts the same).
+LEVELS = ("debug", "info", "warning", "error")
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 
 
@@ -28,10 +32,17 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(level: str | None = None) -> None:
-    """Send gatekeeper's logs to stderr as JSON lines (level from ``$GATEKEEPER_LOG_LEVEL``, default info)."""
+    """Send gatekeeper's logs to stderr as JSON lines (level from ``$GATEKEEPER_LOG_LEVEL``, default info).
+
+    Raises :class:`UserError` for a level that is not one of :data:`LEVELS`.
+    """
+    name = (level or os.environ.get("GATEKEEPER_LOG_LEVEL", "info")).lower()
+    if name not in LEVELS:
+        raise UserError(f"log level {name!r} (GATEKEEPER_LOG_LEVEL or log_level) is not a level; "
+                        f"use one of {', '.join(LEVELS)}")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("gatekeeper")
     root.handlers[:] = [handler]
-    root.setLevel((level or os.environ.get("GATEKEEPER_LOG_LEVEL", "info")).upper())
+    root.setLevel(name.upper())
     root.propagate = False

@@ -137,3 +137,21 @@ def test_missing_catalog_path(tmp_path):
     with pytest.raises(CatalogError) as caught:
         load_catalog(tmp_path / "nope.yaml")
     assert "no such file" in str(caught.value)
+
+
+def test_each_files_threshold_stays_with_its_own_intents(catalog_dir):
+    write(catalog_dir, "a.yaml", "defaults:\n  threshold: 0.5\nintents:\n  - name: a_one\n    examples: [\"x\"]\n")
+    write(catalog_dir, "b.yaml", "defaults:\n  threshold: auto\nintents:\n  - name: b_one\n    examples: [\"y\"]\n")
+    catalog = load_catalog(catalog_dir)
+    by_name = {intent.name: intent for intent in catalog.intents}
+    assert by_name["a_one"].threshold == 0.5
+    assert by_name["b_one"].threshold is None and catalog.defaults.threshold == "auto"
+
+
+def test_conflicting_max_chars_across_files(catalog_dir):
+    write(catalog_dir, "a.yaml", "defaults:\n  max_chars: 100\nintents:\n  - name: a_one\n    examples: [\"x\"]\n")
+    second = write(catalog_dir, "b.yaml", "defaults:\n  max_chars: 5000\nintents:\n  - name: b_one\n"
+                   "    examples: [\"y\"]\n")
+    problem = single_problem(catalog_dir)
+    assert (problem.file, problem.line, problem.field) == (str(second), 2, "defaults.max_chars")
+    assert "conflicts with 100" in problem.message and "set the same value" in problem.message

@@ -121,3 +121,18 @@ def test_cache_embeds_only_new_texts(tmp_path):
         other = OpenAIEndpointEmbedder(server.base_url, "other-model", batch_size=100)
         _, embedded = cache.encode(other, ["a"])
         assert embedded == 1
+
+
+def test_query_cache_serves_repeats_and_keeps_only_its_own_rows(use_embedder):
+    from gatekeeper.embedders.query_cache import QueryCachingEmbedder
+
+    cached = QueryCachingEmbedder(use_embedder, size=2)
+    texts = ["我要查话费", "check my balance", "宽带断了"]
+    batch = cached.encode(texts, is_query=True)
+    np.testing.assert_allclose(batch, use_embedder.encode(texts, is_query=True), atol=1e-6)
+    kept = list(cached._vectors.values())
+    assert len(kept) == 2  # the least recent one was dropped
+    # Each kept vector owns its memory: a view would keep the whole batch array alive.
+    assert all(vector.base is None and vector.shape == (use_embedder.dim,) for vector in kept)
+    np.testing.assert_allclose(cached.encode(texts[1:], is_query=True), batch[1:], atol=1e-6)
+    assert cached.dim == use_embedder.dim

@@ -113,3 +113,22 @@ def test_every_field_has_an_env_name_and_a_description():
     for name, field in ServerSettings.model_fields.items():
         assert env_name(name) == "GATEKEEPER_" + name.upper()
         assert field.description
+
+
+def test_unwritable_decision_log_is_a_clear_error(tmp_path):
+    from gatekeeper.server.decision_log import DecisionLog
+
+    with pytest.raises(UserError, match="point decision_log at a writable file"):
+        DecisionLog(tmp_path)  # a directory, not a file
+
+
+def test_unknown_log_level_is_a_clear_error_not_a_traceback(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "gatekeeper", "import", str(tmp_path / "none.jsonl"),
+                             "--out", str(tmp_path / "x.yaml")], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "GATEKEEPER_LOG_LEVEL": "trace"})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "use one of debug, info, warning, error" in result.stderr

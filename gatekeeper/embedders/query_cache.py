@@ -25,13 +25,15 @@ class QueryCachingEmbedder:
 
     def __init__(self, inner: Embedder, size: int = DEFAULT_SIZE):
         self.inner = inner
-        self.dim = inner.dim
         self.fingerprint = inner.fingerprint
         self.size = size
-        self.hits = 0
-        self.misses = 0
         self._vectors: OrderedDict[str, np.ndarray] = OrderedDict()
         self._lock = threading.Lock()
+
+    @property
+    def dim(self) -> int:
+        """The backend's dimension (asked only when needed: an endpoint may have to be probed for it)."""
+        return self.inner.dim
 
     def encode(self, texts: Sequence[str], *, is_query: bool = False) -> np.ndarray:
         """Embed ``texts``; queries seen recently come from the cache, the rest from the backend."""
@@ -45,12 +47,10 @@ class QueryCachingEmbedder:
         if missing:
             fresh = self.inner.encode(missing, is_query=True)
             found.update(zip(missing, fresh))
-            with self._lock:
-                self._vectors.update(zip(missing, fresh))
+            with self._lock:  # copies: a row view would keep its whole batch array alive in the cache
+                self._vectors.update(zip(missing, map(np.copy, fresh)))
                 while len(self._vectors) > self.size:
                     self._vectors.popitem(last=False)
-        self.hits += len(texts) - len(missing)
-        self.misses += len(missing)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         return np.stack([found[text] for text in texts])

@@ -22,6 +22,7 @@ import random
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gatekeeper.errors import UserError
 from gatekeeper.router import Decision
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,12 @@ class DecisionLog:
         self.sample = sample
         self.text_mode = text_mode
         self._rng = rng or random.Random()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+        except OSError as error:
+            raise UserError(f"decision_log {self.path}: cannot append to it ({error.strerror}); "
+                            "point decision_log at a writable file") from None
 
     def write(self, decision: Decision, *, endpoint: str, mode: str, action: str, language: str,
               followup: bool = False) -> None:
