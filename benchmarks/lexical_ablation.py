@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.quality import DATASETS, read_split  # noqa: E402
 from gatekeeper.index import OUT_OF_SCOPE  # noqa: E402
 from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE  # noqa: E402
+from gatekeeper.parallel import single_threaded  # noqa: E402
 from gatekeeper.scoring import fit_head, head_inputs  # noqa: E402
 
 #: name -> TfidfVectorizer settings (None: embeddings only). The first n-gram row is gatekeeper's default.
@@ -67,8 +68,9 @@ def run_dataset(key: str, embedder) -> list[dict]:
         if settings is not None:
             vectorizer = TfidfVectorizer(sublinear_tf=True, dtype=np.float32, **settings).fit(train_texts)
         started = time.perf_counter()
-        weights, bias = fit_head(head_inputs(train_vectors, vectorizer and vectorizer.transform(train_texts)),
-                                 labels, len(intents))
+        with single_threaded():
+            weights, bias = fit_head(head_inputs(train_vectors, vectorizer and vectorizer.transform(train_texts)),
+                                     labels, len(intents))
         seconds = time.perf_counter() - started
         row = {"dataset": key, "variant": name, "features": 0 if vectorizer is None else len(vectorizer.vocabulary_),
                "fit_seconds": round(seconds, 1)}

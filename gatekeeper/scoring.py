@@ -22,10 +22,10 @@ from typing import Protocol, Sequence
 import numpy as np
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
-from threadpoolctl import threadpool_limits
 
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.lexical import CharNgrams
+from gatekeeper.parallel import single_threaded
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
@@ -206,15 +206,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return shifted / shifted.sum(axis=1, keepdims=True)
 
 
-def single_threaded_blas() -> threadpool_limits:
-    """Limit BLAS/OpenMP to one thread while fitting.
-
-    Measured here: a head fit on SMP2017 took 1.5 s with one thread and 28 s
-    with two threads while the other core was busy (thread oversubscription).
-    """
-    return threadpool_limits(limits=1)
-
-
 def head_inputs(vectors: np.ndarray, lexical_rows: sparse.csr_matrix | None) -> HeadInputs:
     """What a head is fitted on: the embeddings, followed by the n-gram features if there are any."""
     if lexical_rows is None:
@@ -226,6 +217,9 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
              init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = HEAD_TOL
              ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the multinomial head on :func:`head_inputs`; out-of-scope rows form class K if there are enough.
+
+    Call it inside :func:`gatekeeper.parallel.single_threaded_pool` (or
+    ``single_threaded``): one solver thread per fit is much faster here.
 
     Returns weights (d, K or K+1) and biases, with columns in intent order.
     ``init`` is an earlier head of the same shape to start from (a warm start:
@@ -240,8 +234,7 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     if init is not None and init[0].shape == (inputs.shape[1], n_classes):
         model.warm_start = True
         model.coef_, model.intercept_ = _to_sklearn(init[0][:, np.unique(targets)], init[1][np.unique(targets)])
-    with single_threaded_blas():
-        model.fit(inputs[keep], targets)
+    model.fit(inputs[keep], targets)
     coef, intercept = model.coef_, model.intercept_
     if len(model.classes_) == 2:  # binary models store one row: expand to two symmetric columns
         coef = np.vstack([-coef[0], coef[0]]) / 2
@@ -266,7 +259,7 @@ def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarr
     scale = features.std(axis=0)
     scale[scale < 1e-9] = 1.0
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
-    with single_threaded_blas():
+    with single_threaded():
         model.fit((features - mean) / scale, in_scope.astype(int))
     return model.coef_[0], float(model.intercept_[0]), mean, scale
 
