@@ -86,9 +86,10 @@ def load_catalog(path: str | Path) -> Catalog:
 
 def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:
     text = file.read_text(encoding="utf-8")
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+    loader = yaml.SafeLoader(text)
+    try:  # one parse: the node tree (for line numbers) and the data built from it
+        root = loader.get_single_node()
+        data = loader.construct_document(root) if root is not None else None
     except yaml.MarkedYAMLError as error:
         mark = error.problem_mark or error.context_mark
         line = mark.line + 1 if mark else 0
@@ -98,6 +99,8 @@ def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:
         raise CatalogError([CatalogProblem(
             str(file), line, "", f"broken YAML syntax: {error.problem or error}{context}; "
             "check indentation, colons and quotes here and on the lines before")]) from None
+    finally:
+        loader.dispose()
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -39,14 +39,16 @@ class Gate:
 
     @classmethod
     def load(cls, catalog_path: str | Path, embedder: Embedder | None = None, threads: int = 1,
-             progress: ProgressCallback | None = None, rebuild: bool = False) -> "Gate":
+             progress: ProgressCallback | None = None, rebuild: bool = False, catalog: Catalog | None = None
+             ) -> "Gate":
         """Load the catalog at ``catalog_path``, building its index if absent or stale.
 
         ``embedder`` is reused when given (e.g. across reloads), else created
-        from the catalog's ``model`` section. Raises
+        from the catalog's ``model`` section. ``catalog`` is that file already
+        parsed, if the caller has it. Raises
         :class:`gatekeeper.catalog.CatalogError` for a bad catalog.
         """
-        catalog = load_catalog(catalog_path)
+        catalog = catalog or load_catalog(catalog_path)
         embedder = embedder or make_embedder(catalog.model, threads=threads)
         artifacts, rebuilt = load_or_build(catalog, catalog_path, embedder, progress=progress, force=rebuild)
         tuning = load_tuning(catalog_path)

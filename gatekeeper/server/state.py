@@ -14,7 +14,6 @@ import asyncio
 import logging
 import time
 from pathlib import Path
-from typing import Callable
 
 from gatekeeper.catalog import load_catalog
 from gatekeeper.gate import Gate
@@ -24,10 +23,6 @@ log = logging.getLogger(__name__)
 
 WARM_UP_TEXT = "warm-up"
 
-#: Builds a gate: (catalog path, embedder to reuse or None, threads) -> Gate.
-GateLoader = Callable[..., Gate]
-
-
 class NotReady(Exception):
     """No gate is loaded yet (or the first load failed)."""
 
@@ -35,13 +30,11 @@ class NotReady(Exception):
 class GateState:
     """Holds the gate being served and swaps it on reload."""
 
-    def __init__(self, catalog_path: str | Path, metrics: Metrics, threads: int = 1, gate: Gate | None = None,
-                 loader: GateLoader = Gate.load):
+    def __init__(self, catalog_path: str | Path, metrics: Metrics, threads: int = 1, gate: Gate | None = None):
         self.catalog_path = str(catalog_path)
         self.metrics = metrics
         self.threads = threads
         self.load_error: str | None = None
-        self._loader = loader
         self._lock = asyncio.Lock()
         self._gate: Gate | None = None
         if gate is not None:
@@ -100,7 +93,7 @@ class GateState:
     def _build(self, current: Gate | None) -> tuple[Gate, bool]:
         catalog = load_catalog(self.catalog_path)
         reuse = current.embedder if current is not None and current.catalog.model == catalog.model else None
-        gate = self._loader(self.catalog_path, embedder=reuse, threads=self.threads)
+        gate = Gate.load(self.catalog_path, embedder=reuse, threads=self.threads, catalog=catalog)
         if reuse is None:
             gate.embed([WARM_UP_TEXT])  # a lazily loaded model's first call is slow: not a user's
         return gate, reuse is not None
