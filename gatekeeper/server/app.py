@@ -24,6 +24,8 @@ from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
 from gatekeeper.catalog import CatalogError
+from gatekeeper.embedders import EmbeddingError
+from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.server.batching import MicroBatcher
 from gatekeeper.server.config import ServerSettings
@@ -174,7 +176,7 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
             return _error(422, error_body("the new catalog is invalid; the previous one is still serving",
                                           "invalid_catalog", "invalid_catalog",
                                           problems=[str(problem) for problem in error.problems]))
-        except Exception as error:  # e.g. UserError, EmbeddingError, OSError: reported, old gate kept
+        except (UserError, EmbeddingError, OSError) as error:  # the operator's to fix; the old gate is kept
             return _error(400, error_body(f"the reload failed, the previous catalog is still serving: "
                                           f"{type(error).__name__}: {error}", "reload_failed", "reload_failed"))
 
