@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import time
+from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -107,9 +108,9 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
         loaded = _load(folder, fingerprint, len(catalog.intents))
         if loaded is not None:
             return loaded, False
-    artifacts, heads = build_artifacts(catalog, embedder,
-                                       cache=EmbeddingCache(folder.parent / "embeddings.sqlite"),
-                                       progress=progress, previous=load_heads(folder, catalog.intent_names()))
+    with closing(EmbeddingCache(folder.parent / "embeddings.sqlite")) as cache:
+        artifacts, heads = build_artifacts(catalog, embedder, cache=cache, progress=progress,
+                                           previous=load_heads(folder, catalog.intent_names()))
     _save(folder, artifacts, heads)
     return artifacts, True
 

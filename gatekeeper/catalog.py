@@ -220,6 +220,9 @@ def _problem_from_pydantic(file: Path, root: yaml.Node, item: dict[str, Any]) ->
         message = f"unknown key '{key}'; {hint}"
     elif kind == "missing":
         message = "this field is required; add it"
+    elif field.startswith("intents") and field.endswith("threshold") and kind in ("float_type", "int_type"):
+        message = (f"must be a number between -1 and 1 (got {item.get('input')!r}); "
+                   "delete the line to use the file's default threshold, which may be 'auto'")
     elif field.endswith("threshold") and kind in ("float_type", "float_parsing", "int_type", "literal_error"):
         message = f"must be a number between -1 and 1, or 'auto' (got {item.get('input')!r})"
     elif kind == "bool_type":

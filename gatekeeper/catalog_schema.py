@@ -12,7 +12,6 @@ from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, 
                       field_validator)
 
 SCHEMA_VERSION = 1
-LANGUAGES = ("zh", "en")
 
 Threshold = Union[StrictFloat, StrictInt, Literal["auto"]]
 
@@ -141,7 +140,8 @@ def _check_threshold(value: float | str) -> float | str:
     if not -1.0 <= float(value) <= 1.0:
         raise ValueError(
             f"threshold {value} is outside [-1, 1]; use a score between -1 and 1 "
-            "(scores are probabilities or cosine similarities), or 'auto' to calibrate it from the catalog"
+            "(scores are probabilities or cosine similarities), or in 'defaults' 'auto' to calibrate it "
+            "from the catalog"
         )
     return float(value)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gatekeeper.thresholds import OperatingPoint
+from gatekeeper.thresholds import OperatingPoint, pick_max_false_reject
 from gatekeeper.tune import TuneResult
 
 #: Rows of the operating-points table: these false-reject rates, plus the chosen point.
@@ -22,11 +22,7 @@ def calls_saved_per_1000(point: OperatingPoint, oos_share: float) -> float:
 
 def table_points(result: TuneResult) -> list[OperatingPoint]:
     """A readable subset of the ROC: the best point at each listed false-reject rate, and the chosen one."""
-    chosen = []
-    for rate in TABLE_FALSE_REJECT_RATES:
-        allowed = [p for p in result.points if p.false_reject_rate <= rate]
-        if allowed:
-            chosen.append(max(allowed, key=lambda p: p.oos_recall))
+    chosen = [pick_max_false_reject(result.points, rate) for rate in TABLE_FALSE_REJECT_RATES]
     chosen.append(result.chosen)
     unique = {round(p.threshold, 6): p for p in chosen}
     return sorted(unique.values(), key=lambda p: p.false_reject_rate)

@@ -74,6 +74,8 @@ SINGLE_MISTAKES = {
                                "must be a number between -1 and 1, or 'auto'"),
     "intent threshold out of range": ("  - name: refunds\n", "  - name: refunds\n    threshold: 3\n", 12,
                                       "intents[1].threshold", "outside [-1, 1]"),
+    "intent threshold 'auto'": ("  - name: refunds\n", "  - name: refunds\n    threshold: auto\n", 12,
+                                "intents[1].threshold", "delete the line to use the file's default threshold"),
     "example not a string": ('"explain this charge"', "42", 10, "intents[0].examples[1]", "must be a string"),
     "empty example": ('"explain this charge"', '"   "', 10, "intents[0].examples[1]", "empty"),
     "empty out-of-scope example": ('"tell me a joke"', '""', 15, "out_of_scope[0]", "empty"),
