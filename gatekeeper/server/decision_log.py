@@ -1,13 +1,15 @@
 """Sampled decision logging to JSON lines, with the message text hashed, left out or kept.
 
 Each row: ``ts`` (ISO 8601 UTC), ``endpoint``, ``mode``, ``action`` (what the
-sidecar did: accepted, rejected, shadow-rejected, fail-open, fail-closed),
-the gate's ``accepted``, ``intent``, ``score``, ``threshold``, ``reason``,
+sidecar did: accepted, rejected, shadow-rejected), the gate's ``accepted``, ``intent``, ``score``, ``threshold``, ``reason``,
 ``followup``, ``language``, and the text per ``text_mode``:
 
 * ``keep``: ``"text"`` (the normalised message, as the gate saw it);
 * ``hash``: ``"text_sha256"`` of that text (join logs without storing them);
 * ``redact``: no text at all, only ``"text_chars"``.
+
+A request whose encoder call failed (fail-open, fail-closed) has no decision
+and no row; ``gatekeeper_embedding_failures_total`` counts it.
 
 Rows with ``text`` are what ``gatekeeper tune`` reads back as unlabelled
 traffic; label them (add ``"label"``) to use them as validation data.
