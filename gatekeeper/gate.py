@@ -73,10 +73,14 @@ class Gate:
         text, truncated = normalise(message, self.catalog.defaults.max_chars)
         return text, truncated, (None if text else REASON_EMPTY)
 
+    def prepare_many(self, messages: Sequence[object]) -> tuple[list[tuple[str, bool, str | None]], list[int]]:
+        """:meth:`prepare` every message; also the positions of the scorable ones (their texts need embedding)."""
+        prepared = [self.prepare(message) for message in messages]
+        return prepared, [i for i, (_, _, reason) in enumerate(prepared) if reason is None]
+
     def decide_many(self, messages: Sequence[object]) -> list[Decision]:
         """Decide several messages with one encoder call."""
-        prepared = [self.prepare(message) for message in messages]
-        scorable = [i for i, (_, _, reason) in enumerate(prepared) if reason is None]
+        prepared, scorable = self.prepare_many(messages)
         vectors = self.embed([prepared[i][0] for i in scorable])
         return self.decide_prepared(prepared, scorable, vectors)
 

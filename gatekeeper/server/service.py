@@ -112,8 +112,7 @@ class GateService:
         """
         gate = self.state.gate
         started = time.perf_counter()
-        prepared = [gate.prepare(text) for text in texts]
-        scorable = [i for i, (_, _, reason) in enumerate(prepared) if reason is None]
+        prepared, scorable = gate.prepare_many(texts)
         vectors = await self._embed(gate, [prepared[i][0] for i in scorable])
         decisions = gate.decide_prepared(prepared, scorable, vectors)
         self.metrics.gate_latency.observe(time.perf_counter() - started)
