@@ -178,15 +178,16 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
     folds = fold_ids(texts)
+    vectors = index.vectors
     lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
 
     def out_of_fold(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        return _out_of_fold_features(index, n_intents, folds, fold, head, lexical_rows)
+        return _out_of_fold_features(vectors, labels, n_intents, folds, fold, head, lexical_rows)
 
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
-    heads, per_fold = fit_heads(head_inputs(index.vectors, lexical_rows), vocabulary, labels, n_intents, folds,
+    heads, per_fold = fit_heads(head_inputs(vectors, lexical_rows), vocabulary, labels, n_intents, folds,
                                 previous, out_of_fold, on_fitted=partial(progress, "fit") if progress else None)
     features = np.zeros((len(labels), 3))
     for fold, values in enumerate(per_fold):
@@ -203,16 +204,16 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical
     return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT), heads
 
 
-def _out_of_fold_features(index: PrototypeIndex, n_intents: int, folds: np.ndarray, fold: int,
+def _out_of_fold_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray, fold: int,
                           head: tuple[np.ndarray, np.ndarray], lexical_rows: sparse.csr_matrix | None
                           ) -> np.ndarray:
     """Calibrator features of the rows in ``fold``, from its ``head`` and an index of the other folds' rows."""
     held_out, rest = folds == fold, folds != fold
     if not held_out.any():
         return np.zeros((0, 3))
-    fold_index = PrototypeIndex.build(index.vectors[rest], index.labels[rest], hnsw=False)
+    fold_index = PrototypeIndex.build(vectors[rest], labels[rest], hnsw=False)
     probe = HeadScorer(fold_index, n_intents, *head, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
-    return probe.features(index.vectors[held_out], None if lexical_rows is None else lexical_rows[held_out])[0]
+    return probe.features(vectors[held_out], None if lexical_rows is None else lexical_rows[held_out])[0]
 
 
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:

@@ -35,7 +35,6 @@ _META_FILE = "meta.json"
 class PrototypeIndex:
     """Unit vectors with an intent id each, searchable by cosine similarity."""
 
-    vectors: np.ndarray
     labels: np.ndarray
     faiss_index: faiss.Index
 
@@ -58,7 +57,16 @@ class PrototypeIndex:
         else:
             index = faiss.IndexFlatIP(dim)
         index.add(vectors)
-        return cls(vectors=vectors, labels=labels, faiss_index=index)
+        return cls(labels=labels, faiss_index=index)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """The prototypes' vectors (n, d), read back from the FAISS index.
+
+        Only builds need them, so a served gate keeps them once, inside FAISS;
+        each call makes a copy, so take it once where it is used repeatedly.
+        """
+        return self.faiss_index.reconstruct_n(0, self.faiss_index.ntotal)
 
     @property
     def kind(self) -> str:
@@ -80,7 +88,7 @@ class PrototypeIndex:
         """Write the index, its labels and ``meta`` (which must hold the build fingerprint) to ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
         faiss.write_index(self.faiss_index, str(folder / _INDEX_FILE))
-        np.savez(folder / _LABELS_FILE, vectors=self.vectors, labels=self.labels)
+        np.savez(folder / _LABELS_FILE, labels=self.labels)
         # meta.json is written last: a folder without it is an unfinished save and is ignored.
         (folder / _META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
 
@@ -91,8 +99,8 @@ class PrototypeIndex:
         if meta is None or meta.get("fingerprint") != fingerprint:
             return None
         with np.load(folder / _LABELS_FILE) as arrays:
-            vectors, labels = arrays["vectors"], arrays["labels"]
-        return cls(vectors=vectors, labels=labels, faiss_index=faiss.read_index(str(folder / _INDEX_FILE)))
+            labels = arrays["labels"]
+        return cls(labels=labels, faiss_index=faiss.read_index(str(folder / _INDEX_FILE)))
 
 
 def read_meta(folder: Path) -> dict | None:
