@@ -101,7 +101,7 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
     from semantic_router import IndexedRouter, Route
     from sklearn.metrics import roc_auc_score
 
-    from gatekeeper.commands.import_cmd import catalog_document
+    from gatekeeper.commands.import_cmd import document_from_pairs
     from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
     from gatekeeper.gate import Gate
 
@@ -115,7 +115,7 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
 
     # gatekeeper: import -> tune -> eval
     embedder = UseMultilingualEmbedder(threads=2)
-    path = write_catalog(work, "clinc150-peer", catalog_document(train, OOS, "clinc150-peer"))
+    path = write_catalog(work, "clinc150-peer", document_from_pairs(train, OOS, "clinc150-peer"))
     ours = tuned_metrics(path, embedder, valid, test, OOS)
     results.update({"ours_in_scope_accuracy": ours["in_scope_accuracy"], "ours_oos_recall": ours["oos_recall"],
                     "ours_false_reject_rate": ours["false_reject_rate"], "ours_auroc": ours["auroc"]})

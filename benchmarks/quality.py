@@ -20,7 +20,10 @@ otherwise), measure on the test split. Rows:
   repeats it with N different random fifths).
 
 ``--no-lexical-features`` writes every catalog with ``scorer:
-{lexical_features: false}`` (the head on the embedding alone).
+{lexical_features: false}`` (the head on the embedding alone);
+``--out-of-scope-pack none`` without the built-in out-of-scope pack (the
+default uses it, as every catalog does). The conversation-control pack is
+off, as in every imported catalog: these data sets label greetings and thanks themselves.
 """
 
 from __future__ import annotations
@@ -38,8 +41,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatekeeper.catalog_schema import intent_name_for_label  # noqa: E402
-from gatekeeper.commands.import_cmd import catalog_document  # noqa: E402
+from gatekeeper.catalog_schema import normalise_intent_name  # noqa: E402
+from gatekeeper.commands.import_cmd import document_from_pairs  # noqa: E402
 from gatekeeper.evaluation import ScoredSet, metrics, score_rows  # noqa: E402
 from gatekeeper.gate import Gate  # noqa: E402
 from gatekeeper.thresholds import threshold_for_false_reject  # noqa: E402
@@ -60,11 +63,14 @@ def read_split(folder: str, split: str) -> list[tuple[str, str]]:
 
 #: The ``scorer`` section every benchmark catalog gets (set from the command line).
 SCORER_SETTINGS: dict = {}
+#: Top-level settings every benchmark catalog gets (the pack flag sets ``out_of_scope_pack``).
+CATALOG_SETTINGS: dict = {}
 
 
 def write_catalog(folder: Path, name: str, document: dict) -> Path:
-    """Write a catalog document as YAML (with :data:`SCORER_SETTINGS`) and return its path."""
+    """Write a catalog document as YAML (with :data:`SCORER_SETTINGS` and :data:`CATALOG_SETTINGS`)."""
     path = folder / f"{name}.yaml"
+    document = {**document, **CATALOG_SETTINGS}
     document = {**document, "scorer": SCORER_SETTINGS} if SCORER_SETTINGS else document
     path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -124,7 +130,7 @@ def zero_shot_document(train: list, oos: set[str], name: str) -> dict:
     """A catalog with only a description per intent, written from the label name."""
     labels = list(dict.fromkeys(label for _, label in train if label not in oos))
     return {"version": 1, "name": name,
-            "intents": [{"name": intent_name_for_label(label), "description": label.replace("_", " ")}
+            "intents": [{"name": normalise_intent_name(label), "description": label.replace("_", " ")}
                         for label in labels]}
 
 
@@ -153,7 +159,7 @@ def run_dataset(key: str, work: Path, embedder, held_out_seeds: int = 1) -> list
         print(format_row(rows[-1]), flush=True)
 
     started = time.perf_counter()
-    path = write_catalog(work, key, catalog_document(train, oos, key))
+    path = write_catalog(work, key, document_from_pairs(train, oos, key))
     Gate.load(path, embedder=embedder)  # build once; the modes below reuse it
     row("build", started, {})
     for mode, measure in (("maxcos (naive)", lambda: naive_maxcos(path, embedder, valid, test, oos)),
@@ -168,7 +174,7 @@ def run_dataset(key: str, work: Path, embedder, held_out_seeds: int = 1) -> list
     for seed in range(held_out_seeds):
         started = time.perf_counter()
         kept, h_valid, h_test, n_dropped = held_out_split(train, valid, test, oos, seed=seed)
-        held = write_catalog(work, f"{key}-held-out-{seed}", catalog_document(kept, oos, f"{key}-held-out"))
+        held = write_catalog(work, f"{key}-held-out-{seed}", document_from_pairs(kept, oos, f"{key}-held-out"))
         label = f"held-out intents ({n_dropped})" + (f", seed {seed}" if seed else "")
         row(f"{label}, tuned", started, tuned_metrics(held, embedder, h_valid, h_test, oos))
     return rows
@@ -187,9 +193,12 @@ def main() -> None:
     parser.add_argument("--json", default="benchmarks/results/quality.json", help="where to write the results")
     parser.add_argument("--held-out-seeds", type=int, default=1, help="held-out-intent splits per dataset")
     parser.add_argument("--no-lexical-features", action="store_true", help="the head on the embedding alone")
+    parser.add_argument("--out-of-scope-pack", choices=("default", "none"), default="default",
+                        help="use the built-in out-of-scope pack (default) or not")
     args = parser.parse_args()
     if args.no_lexical_features:
         SCORER_SETTINGS["lexical_features"] = False
+    CATALOG_SETTINGS["out_of_scope_pack"] = args.out_of_scope_pack
     from gatekeeper.embedders.use_multilingual import UseMultilingualEmbedder
 
     with tempfile.TemporaryDirectory(prefix="gatekeeper-quality-") as work:
@@ -203,7 +212,7 @@ def main() -> None:
     out = Path(args.json)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "model": embedder.fingerprint,
-                               "scorer": SCORER_SETTINGS, "rows": rows}, indent=2), encoding="utf-8")
+                               "scorer": SCORER_SETTINGS, "catalog": CATALOG_SETTINGS, "rows": rows}, indent=2), encoding="utf-8")
     print(f"wrote {out}")
 
 

@@ -19,22 +19,26 @@ from typing import Callable
 import numpy as np
 from scipy import sparse
 
+from gatekeeper.catalog_checks import text_key
 from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
 from gatekeeper.lexical import CharNgrams
-from gatekeeper.scoring import (HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator, head_inputs,
-                                load_scorer, nearest_similarities, uses_head)
+from gatekeeper.oos_pack import keep_mask, pack_fingerprint, pack_texts
+from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator,
+                                head_inputs, load_scorer, nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
 
 #: Bump whenever what a build produces changes, so old saves rebuild
-#: (v2: hash-stable folds, saved heads; v3: n-gram features in the head).
-ARTIFACT_VERSION = 3
+#: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack).
+ARTIFACT_VERSION = 4
 STATE_ENV = "GATEKEEPER_STATE_DIR"
 #: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
 AUTO_FALSE_REJECT = 0.05
+#: Zero-shot ``auto``: at most this share of held-out out-of-scope examples accepted.
+AUTO_NEGATIVES_ACCEPTED = 0.1
 
 #: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
 #: then ("fit", heads fitted, heads in all).
@@ -61,6 +65,13 @@ class Prototypes:
         labels.extend([OUT_OF_SCOPE] * len(catalog.out_of_scope))
         return cls(texts=texts, labels=np.asarray(labels, dtype=np.int32))
 
+    def pack_candidates(self, catalog: Catalog) -> list[str]:
+        """The out-of-scope pack's messages that the catalog uses for a pack, minus texts it already has."""
+        if catalog.out_of_scope_pack == "none":
+            return []
+        own = {text_key(text) for text in self.texts}
+        return [text for text in pack_texts() if text_key(text) not in own]
+
 
 @dataclass
 class Artifacts:
@@ -85,6 +96,7 @@ def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
         "scorer": catalog.scorer.model_dump(),
         "intents": [[i.name, i.description, i.examples] for i in catalog.intents],
         "out_of_scope": catalog.out_of_scope,
+        "out_of_scope_pack": pack_fingerprint() if catalog.out_of_scope_pack == "default" else None,
     }
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:20]
 
@@ -126,7 +138,9 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     """
     started = time.perf_counter()
     prototypes = Prototypes.from_catalog(catalog)
-    total = len(prototypes.texts)
+    pack = prototypes.pack_candidates(catalog)
+    texts = prototypes.texts + pack
+    total = len(texts)
     done = 0
 
     def advance(count: int) -> None:
@@ -137,13 +151,15 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
 
     advance(0)  # tells the size of the catalog, even when every text is cached
     if cache is not None:
-        vectors, embedded = cache.encode(embedder, prototypes.texts, progress=advance)
+        vectors, embedded = cache.encode(embedder, texts, progress=advance)
     else:
-        vectors, embedded = embedder.encode(prototypes.texts), total
+        vectors, embedded = embedder.encode(texts), total
         advance(total)
+    prototypes, vectors, pack_kept = _add_pack(prototypes, pack, vectors)
     index = PrototypeIndex.build(vectors, prototypes.labels)
     n_intents = len(catalog.intents)
-    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, prototypes.texts,
+    own = [i for i, name in enumerate(catalog.intent_names()) if name not in catalog.pack_intents]
+    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, own, prototypes.texts,
                                                 catalog.scorer.lexical_features, previous, progress)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
@@ -154,6 +170,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "prototypes": len(prototypes.texts),
         "examples": sum(len(i.examples) for i in catalog.intents),
         "out_of_scope": len(catalog.out_of_scope),
+        "pack_out_of_scope": pack_kept,
+        "pack_dropped": len(pack) - pack_kept,
         "embedded": embedded,
         "index": index.kind,
         "scorer": scorer.name,
@@ -165,16 +183,28 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta), heads
 
 
-def _fit_scorer(index: PrototypeIndex, n_intents: int, texts: list[str], lexical_features: bool,
-                previous: Heads | None, progress: ProgressCallback | None = None
+def _add_pack(prototypes: Prototypes, pack: list[str], vectors: np.ndarray
+              ) -> tuple[Prototypes, np.ndarray, int]:
+    """The prototypes and their vectors with the ``pack`` entries (the last rows of ``vectors``) that are
+    not too close to an intent example added as negatives; also how many were kept."""
+    own, pack_vectors = vectors[:len(prototypes.texts)], vectors[len(prototypes.texts):]
+    keep = keep_mask(pack_vectors, own[prototypes.labels != OUT_OF_SCOPE])
+    kept = [text for text, chosen in zip(pack, keep) if chosen]
+    merged = Prototypes(texts=prototypes.texts + kept,
+                        labels=np.concatenate([prototypes.labels, np.full(len(kept), OUT_OF_SCOPE, np.int32)]))
+    return merged, np.concatenate([own, pack_vectors[keep]]), len(kept)
+
+
+def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], texts: list[str],
+                lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None
                 ) -> tuple[Scorer, float, Heads | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores.
 
-    ``texts`` are the index's rows as text; with ``lexical_features`` the head
+    ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows as text; with ``lexical_features`` the head
     also gets their character n-grams. ``progress`` hears ("fit", heads done, heads in all).
     """
     labels = index.labels
-    if not uses_head(labels, n_intents):
+    if not uses_head(labels, n_intents, own_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
         return scorer, _nearest_auto_threshold(index, n_intents), None
     folds = fold_ids(texts)
@@ -219,23 +249,45 @@ def _out_of_fold_features(vectors: np.ndarray, labels: np.ndarray, n_intents: in
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
     """``auto`` threshold for nearest-prototype scoring.
 
-    With several examples per intent: the leave-one-out score of each example
-    at the default false-reject rate. With one prototype per intent (zero-shot):
-    the highest similarity between two different intents' prototypes, so a
-    message must be nearer to an intent than the intents are to each other.
+    With two or more prototypes for every intent: the leave-one-out score of
+    each example at the default false-reject rate. Otherwise (descriptions
+    only, zero-shot) there are no in-scope scores to learn from, so the
+    negatives set it: the threshold accepts at most :data:`AUTO_NEGATIVES_ACCEPTED`
+    of the out-of-scope examples (the catalog's and the pack's), each scored
+    without itself in the index. With neither, the highest similarity
+    between two different intents' prototypes: a message must be nearer to
+    an intent than the intents are to each other.
     """
-    in_scope = index.labels != OUT_OF_SCOPE
-    vectors, labels = index.vectors[in_scope], index.labels[in_scope]
-    counts = np.bincount(labels, minlength=n_intents)
+    labels = index.labels
+    in_scope = labels != OUT_OF_SCOPE
+    vectors = index.vectors
+    counts = np.bincount(labels[in_scope], minlength=n_intents)
     if counts.min() >= 2:
-        sims = vectors @ vectors.T
+        sims = vectors[in_scope] @ vectors[in_scope].T
         np.fill_diagonal(sims, -np.inf)
-        same = labels[:, None] == labels[None, :]
+        same = labels[in_scope][:, None] == labels[in_scope][None, :]
         best = np.where(same, sims, -np.inf).max(axis=1)
         return threshold_for_false_reject(best, AUTO_FALSE_REJECT)
-    per_intent, _ = nearest_similarities(index, vectors, n_intents)
-    per_intent[np.arange(len(labels)), labels] = -1.0
+    if (~in_scope).sum() >= HEAD_MIN_NEGATIVES:
+        return float(np.quantile(_held_out_negative_scores(index, n_intents), 1 - AUTO_NEGATIVES_ACCEPTED))
+    per_intent, _ = nearest_similarities(index, vectors[in_scope], n_intents)
+    per_intent[np.arange(int(in_scope.sum())), labels[in_scope]] = -1.0
     return float(per_intent.max())
+
+
+def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarray:
+    """Nearest-prototype scores of the negatives, each fold's scored against an index without that fold."""
+    labels, vectors = index.labels, index.vectors
+    negative = np.flatnonzero(labels == OUT_OF_SCOPE)
+    folds = np.zeros(len(labels), dtype=np.int32)
+    folds[negative] = np.arange(len(negative)) % CROSS_FIT_FOLDS
+    scores = []
+    for fold in range(CROSS_FIT_FOLDS):
+        held_out = np.zeros(len(labels), dtype=bool)
+        held_out[negative[folds[negative] == fold]] = True
+        rest = PrototypeIndex.build(vectors[~held_out], labels[~held_out], hnsw=False)
+        scores.append(NearestPrototypeScorer(rest, n_intents).score(vectors[held_out], []).score)
+    return np.concatenate(scores)
 
 
 def _save(folder: Path, artifacts: Artifacts, heads: Heads | None) -> None:

@@ -16,11 +16,16 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from gatekeeper.catalog_schema import Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings
+from gatekeeper.catalog_checks import check_catalog, ime_punctuation_problems, text_key
+from gatekeeper.catalog_schema import (Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings,
+                                       intent_key)
 
 CATALOG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_CATALOG = "intents"
 CATALOG_ENV = "GATEKEEPER_CATALOG"
+#: The built-in packs shipped inside the package.
+PACKS = Path(__file__).parent / "packs"
+CONVERSATION_PACK = PACKS / "conversation.yaml"
 
 
 @dataclass(frozen=True)
@@ -81,11 +86,22 @@ def load_catalog(path: str | Path) -> Catalog:
     if problems:
         raise CatalogError(problems)
     catalog = _merge(Path(path), parsed)
+    if catalog.conversation_pack == "default":
+        catalog = _with_conversation_pack(catalog, parsed[0][1].defaults)
     return catalog
 
 
 def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:
-    text = file.read_text(encoding="utf-8")
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CatalogError([CatalogProblem(
+            str(file), text_line_of_byte(file.read_bytes(), error.start), "",
+            f"the file is not UTF-8 (byte 0x{error.object[error.start]:02x} at offset {error.start}); save it "
+            "as UTF-8, e.g. 'iconv -f GB18030 -t UTF-8 old.yaml > new.yaml'")]) from None
+    ime = [CatalogProblem(str(file), line, "", message) for line, message in ime_punctuation_problems(text)]
+    if ime:
+        raise CatalogError(ime)
     loader = yaml.SafeLoader(text)
     try:  # one parse: the node tree (for line numbers) and the data built from it
         root = loader.get_single_node()
@@ -132,18 +148,23 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
     for file, part, root in parsed:
         for index, intent in enumerate(part.intents):
             line = _line_of(root, ("intents", index, "name"))
-            if intent.name in seen:
-                first_file, first_line = seen[intent.name]
+            if intent_key(intent.name) in seen:
+                first_file, first_line = seen[intent_key(intent.name)]
                 problems.append(CatalogProblem(
                     str(file), line, f"intents[{index}].name",
                     f"duplicate intent '{intent.name}' (first defined at {first_file}:{first_line}); "
                     "rename one of them or merge their examples"))
                 continue
-            seen[intent.name] = (file, line)
+            seen[intent_key(intent.name)] = (file, line)
             intents.append(_with_file_defaults(intent, part.defaults))
     model = _single_section(parsed, "model", ModelSettings(), problems)
     scorer = _single_section(parsed, "scorer", ScorerSettings(), problems)
+    out_of_scope_pack = _single_section(parsed, "out_of_scope_pack", "default", problems)
+    conversation_pack = _single_section(parsed, "conversation_pack", "default", problems)
     defaults = _catalog_defaults(parsed, problems)
+    located = [(str(file), part, lambda loc, root=root: _line_of(root, loc)) for file, part, root in parsed]
+    findings = check_catalog(located, out_of_scope_pack == "default")
+    problems.extend(CatalogProblem(*finding[:4]) for finding in findings if finding[4] == "error")
     if problems:
         raise CatalogError(problems)
     names = {part.name for _, part, _ in parsed if part.name}
@@ -152,7 +173,30 @@ def _merge(path: Path, parsed: list[tuple[Path, CatalogFile, yaml.Node]]) -> Cat
         name=name, model=model, scorer=scorer, defaults=defaults, intents=intents,
         out_of_scope=[text for _, part, _ in parsed for text in part.out_of_scope],
         sources=[str(file) for file, _, _ in parsed],
+        out_of_scope_pack=out_of_scope_pack, conversation_pack=conversation_pack,
+        warnings=[str(CatalogProblem(*finding[:4])) for finding in findings if finding[4] == "warning"],
     )
+
+
+def _with_conversation_pack(catalog: Catalog, first_defaults: Defaults | None) -> Catalog:
+    """``catalog`` plus the built-in conversation intents it does not define itself.
+
+    A catalog intent with the same name (case-insensitive) replaces the pack's;
+    pack examples that the catalog already uses (as an example or out of scope)
+    are left out, so the catalog's own choice wins.
+    """
+    _, pack, _ = _load_file(CONVERSATION_PACK)
+    own_names = {intent_key(intent.name) for intent in catalog.intents}
+    own_texts = {text_key(text) for intent in catalog.intents for text in intent.examples}
+    own_texts.update(text_key(text) for text in catalog.out_of_scope)
+    added = []
+    for intent in pack.intents:
+        if intent_key(intent.name) in own_names:
+            continue
+        examples = [text for text in intent.examples if text_key(text) not in own_texts]
+        added.append(_with_file_defaults(intent.model_copy(update={"examples": examples}), first_defaults))
+    return catalog.model_copy(update={"intents": [*catalog.intents, *added],
+                                      "pack_intents": [intent.name for intent in added]})
 
 
 def _catalog_defaults(parsed: list[tuple[Path, CatalogFile, yaml.Node]], problems: list[CatalogProblem]) -> Defaults:
@@ -190,7 +234,7 @@ def _with_file_defaults(intent: Intent, defaults: Defaults | None) -> Intent:
     return intent.model_copy(update=update) if update else intent
 
 
-def _single_section(parsed: list[tuple[Path, CatalogFile, yaml.Node]], key: str, fallback: BaseModel,
+def _single_section(parsed: list[tuple[Path, CatalogFile, yaml.Node]], key: str, fallback: Any,
                     problems: list[CatalogProblem]) -> Any:
     """A section that must be the same for the whole catalog: files may repeat it only if identical."""
     chosen: tuple[Path, Any] | None = None
@@ -231,8 +275,6 @@ def _problem_from_pydantic(file: Path, root: yaml.Node, item: dict[str, Any]) ->
         message = f"must be a string, got {type(item.get('input')).__name__} {item.get('input')!r}; quote it"
     elif kind == "value_error":
         message = str(item["msg"]).removeprefix("Value error, ")
-    elif kind == "string_pattern_mismatch":
-        message = "use letters, digits, '_', '-' or '.' only (e.g. 'bill_inquiry')"
     else:
         message = f"{item['msg']} (got {item.get('input')!r})"
     return CatalogProblem(str(file), _line_of(root, loc), field, message)
@@ -264,6 +306,11 @@ def _field_name(loc: Iterable[Any]) -> str:
                 "float", "int", "str"):
             name += f".{part}" if name else str(part)
     return name
+
+
+def text_line_of_byte(data: bytes, offset: int) -> int:
+    """1-based line of byte ``offset`` in ``data``."""
+    return data.count(b"\n", 0, offset) + 1
 
 
 def _line_of(root: yaml.Node | None, loc: Iterable[Any]) -> int:

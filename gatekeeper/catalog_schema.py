@@ -6,10 +6,12 @@ line numbers in every error, lives in :mod:`gatekeeper.catalog`.
 
 from __future__ import annotations
 
+import re
+import unicodedata
 from typing import Annotated, Literal, Union
 
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr,
-                      field_validator)
+                      field_validator, model_validator)
 
 SCHEMA_VERSION = 1
 
@@ -24,6 +26,54 @@ def _non_blank(text: str) -> str:
 
 #: An example utterance: a string with at least one visible character.
 Utterance = Annotated[StrictStr, AfterValidator(_non_blank)]
+
+
+#: Longest intent name, in characters after normalisation.
+MAX_INTENT_NAME = 80
+
+
+def normalise_intent_name(name: str) -> str:
+    """An intent name as the gate stores it: NFKC-normalised, surrounding white space removed.
+
+    Any printable Unicode is kept ("退货申请", "bill inquiry", "Rückerstattung"),
+    so a dataset's labels become intent names unchanged. Use
+    :func:`intent_name_problem` to check the result.
+    """
+    return unicodedata.normalize("NFKC", name).strip()
+
+
+def intent_key(name: str) -> str:
+    """What makes two intent names the same intent: normalised and case-folded ("Invoice" == "invoice ")."""
+    return normalise_intent_name(name).casefold()
+
+
+def intent_name_problem(name: str) -> str | None:
+    """Why ``name`` (already normalised) cannot be an intent name, with the fix; None if it can."""
+    if not name:
+        return "the intent name is empty; give the intent a name such as 'bill_inquiry' or '话费查询'"
+    if len(name) > MAX_INTENT_NAME:
+        return f"the intent name has {len(name)} characters; use at most {MAX_INTENT_NAME}"
+    bad = sorted({f"U+{ord(ch):04X}" for ch in name if unicodedata.category(ch) in _UNPRINTABLE})
+    if bad:
+        return (f"the intent name contains control or invisible characters ({', '.join(bad)}); "
+                "retype it with printable characters only")
+    return None
+
+
+#: Unicode categories refused in intent names: controls, surrogates, line/paragraph separators, unassigned.
+_UNPRINTABLE = {"Cc", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _valid_intent_name(name: str) -> str:
+    name = normalise_intent_name(name)
+    problem = intent_name_problem(name)
+    if problem:
+        raise ValueError(problem)
+    return name
+
+
+#: An intent name: any printable Unicode text, stored NFKC-normalised and trimmed.
+IntentName = Annotated[StrictStr, AfterValidator(_valid_intent_name)]
 
 
 class _Strict(BaseModel):
@@ -58,11 +108,61 @@ class ScorerSettings(_Strict):
     lexical_features: StrictBool = True
 
 
-class RejectReply(_Strict):
-    """The canned reply sent instead of calling the LLM, per language."""
+def _check_replies(value: str | dict[str, str]) -> str | dict[str, str]:
+    if isinstance(value, str):
+        return _non_blank_reply(value)
+    if not value:
+        raise ValueError("give the reply as one string (every language) or as language: text pairs "
+                         "such as zh: ..., en: ..., default: ...")
+    for language, text in value.items():
+        if not _LANGUAGE_KEY.fullmatch(language):
+            raise ValueError(f"'{language}' is not a language key; use codes such as zh, en, ja, ko "
+                             "(lower case) or 'default' for every other language")
+        _non_blank_reply(text)
+    return value
 
-    zh: StrictStr = "抱歉，这个问题超出了我的服务范围。请问有什么业务相关的问题我可以帮您？"
-    en: StrictStr = "Sorry, that is outside what I can help with here. Is there anything about our services I can help you with?"
+
+def _non_blank_reply(text: str) -> str:
+    if not text.strip():
+        raise ValueError("the reply is empty; write the text the user should see")
+    return text
+
+
+_LANGUAGE_KEY = re.compile(r"default|[a-z]{2,3}(-[a-z0-9]{2,8})?")
+
+#: A reply: one string for every language, or language code -> text with an optional ``default``.
+Replies = Annotated[Union[StrictStr, dict[StrictStr, StrictStr]], AfterValidator(_check_replies)]
+
+DEFAULT_REJECT_REPLY = {
+    "zh": "抱歉，这个问题超出了我的服务范围。请问有什么业务相关的问题我可以帮您？",
+    "en": "Sorry, that is outside what I can help with here. Is there anything about our services I can help "
+          "you with?",
+    "default": "Sorry, that is outside what I can help with here. Is there anything about our services I can "
+               "help you with?",
+}
+
+DEFAULT_HANDOFF_REPLY = {
+    "zh": "好的，正在为您转接人工客服，请稍候。",
+    "en": "Sure, I'm passing you to a member of our team now. Please hold on.",
+    "default": "Sure, I'm passing you to a member of our team now. Please hold on.",
+}
+
+
+def pick_reply(replies: str | dict[str, str], language: str) -> str:
+    """The reply for ``language``: its own text, else ``default``, else English, else the first one given."""
+    if isinstance(replies, str):
+        return replies
+    for key in (language, language.split("-")[0], "default", "en"):
+        if key in replies:
+            return replies[key]
+    return next(iter(replies.values()))
+
+
+#: What the gate does with a message accepted as an intent.
+Action = Literal["forward", "reply", "handoff"]
+
+#: ``out_of_scope_pack`` / ``conversation_pack``: use the built-in pack, or not.
+PackSetting = Literal["default", "none"]
 
 
 class Defaults(_Strict):
@@ -73,7 +173,7 @@ class Defaults(_Strict):
     """
 
     threshold: Threshold = "auto"
-    reject_reply: RejectReply = RejectReply()
+    reject_reply: Replies = Field(default_factory=lambda: dict(DEFAULT_REJECT_REPLY))
     #: Longer messages are truncated to this many characters before embedding.
     max_chars: StrictInt = Field(default=2000, gt=0)
 
@@ -86,14 +186,36 @@ class Defaults(_Strict):
 class Intent(_Strict):
     """One thing the service handles."""
 
-    name: StrictStr = Field(pattern=r"^[A-Za-z0-9_.\-]+$", max_length=80)
+    name: IntentName
     description: StrictStr = ""
     examples: list[Utterance] = []
     threshold: Union[StrictFloat, StrictInt, None] = None
+    #: Labels carried into every decision on this intent (``/v1/gate`` output, decision log), so a bot
+    #: can route on them (e.g. ``[billing]``).
     tags: list[StrictStr] = []
+    #: forward: the LLM answers (default); reply: answer with ``reply``, no LLM call;
+    #: handoff: answer with ``reply`` and mark the response for a human agent.
+    action: Action = "forward"
+    #: The answer for ``action: reply`` (required) or ``handoff`` (a default hand-over message otherwise).
+    reply: Replies | None = None
     #: The canned reply when a message nearest to this intent is rejected; by default
     #: the ``defaults.reject_reply`` of the file that declares the intent.
-    reject_reply: RejectReply | None = None
+    reject_reply: Replies | None = None
+
+    @model_validator(mode="after")
+    def _reply_fits_action(self) -> "Intent":
+        if self.action == "reply" and self.reply is None:
+            raise ValueError("action 'reply' needs a 'reply' text (one string, or zh: / en: / default: texts)")
+        if self.action == "forward" and self.reply is not None:
+            raise ValueError("'reply' is only used with action 'reply' or 'handoff'; set one of them or "
+                             "delete the reply")
+        return self
+
+    def answer(self, language: str) -> str | None:
+        """The canned answer of a reply or handoff intent in ``language``; None for forward intents."""
+        if self.action == "forward":
+            return None
+        return pick_reply(self.reply or DEFAULT_HANDOFF_REPLY, language)
 
     @field_validator("threshold")
     @classmethod
@@ -109,6 +231,11 @@ class CatalogFile(_Strict):
     model: ModelSettings | None = None
     scorer: ScorerSettings | None = None
     defaults: Defaults | None = None
+    #: Add the built-in bilingual out-of-scope pack to the negatives (``default``) or not (``none``).
+    out_of_scope_pack: PackSetting | None = None
+    #: Add the built-in conversation-control intents (greeting, thanks, goodbye, human_agent,
+    #: acknowledgement); an intent of the same name in the catalog replaces the pack's.
+    conversation_pack: PackSetting | None = None
     intents: list[Intent] = []
     out_of_scope: list[Utterance] = []
 
@@ -123,15 +250,22 @@ class Catalog(_Strict):
     intents: list[Intent]
     out_of_scope: list[str]
     sources: list[str]
+    out_of_scope_pack: PackSetting = "default"
+    conversation_pack: PackSetting = "default"
+    #: Names of the intents that come from the conversation pack.
+    pack_intents: list[str] = []
+    #: Things that work but deserve attention (``file:line: ...``), shown by ``gatekeeper build``.
+    warnings: list[str] = []
 
     def intent_names(self) -> list[str]:
         """Intent names in catalog order."""
         return [intent.name for intent in self.intents]
 
+    def intent(self, name: str) -> Intent:
+        """The intent called ``name``."""
+        return self.intents[self.intent_names().index(name)]
 
-def intent_name_for_label(label: str) -> str:
-    """A dataset label made safe as an intent name (letters, digits, '_', '-', '.')."""
-    return "".join(ch if ch.isalnum() and ch.isascii() or ch in "_-." else "_" for ch in label) or "intent"
+
 
 
 def _check_threshold(value: float | str) -> float | str:

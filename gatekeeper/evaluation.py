@@ -5,6 +5,7 @@ Shared by ``gatekeeper eval`` and ``gatekeeper tune``.
 
 from __future__ import annotations
 
+import difflib
 import sys
 from collections import Counter
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from gatekeeper.catalog_schema import intent_name_for_label
+from gatekeeper.catalog_schema import intent_key
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.scoring import ScoreBatch
@@ -32,7 +33,6 @@ class ScoredSet:
     #: Catalog intent id of each in-scope row (-1 for out-of-scope rows or unknown labels).
     true_intent: np.ndarray
     batch: ScoreBatch
-    unknown_labels: Counter
 
     @property
     def predicted_intent(self) -> np.ndarray:
@@ -45,17 +45,25 @@ class ScoredSet:
         return self.batch.score
 
 
-def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], show_progress: bool = True
-               ) -> ScoredSet:
-    """Embed and score every (text, label) row; rows that normalise to nothing are dropped."""
-    names = {name: i for i, name in enumerate(gate.catalog.intent_names())}
+def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], show_progress: bool = True,
+               source: str = "the data") -> ScoredSet:
+    """Embed and score every (text, label) row; rows that normalise to nothing are dropped.
+
+    Labels match intent names case-insensitively (:func:`intent_key`). A label
+    that is neither an intent nor in ``oos_labels`` is a :class:`UserError`
+    listing every such label, so nothing is measured or tuned on rows the
+    catalog cannot score.
+    """
+    names = {intent_key(name): i for i, name in enumerate(gate.catalog.intent_names())}
+    oos_keys = {intent_key(label) for label in oos_labels}
+    _check_labels([label for _, label in rows], names, oos_keys, gate.catalog.intent_names(), source)
     kept: list[tuple[str, str]] = []
     for text, label in rows:
         clean, _, reason = gate.prepare(text)
         if reason is None:
             kept.append((clean, label))
     if not kept:
-        raise UserError("no scorable rows: every text is empty")
+        raise UserError(f"{source}: no scorable rows: every text is empty")
     texts = [text for text, _ in kept]
     vectors = []
     with tqdm(total=len(texts), desc="scoring", unit="text", file=sys.stderr,
@@ -64,12 +72,27 @@ def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], sh
             vectors.append(gate.embed(texts[start:start + EMBED_BATCH]))
             bar.update(min(EMBED_BATCH, len(texts) - start))
     batch = gate.router.scorer.score(np.concatenate(vectors), texts)
-    in_scope = np.array([label not in oos_labels for _, label in kept])
-    true_intent = np.array([names.get(intent_name_for_label(label), -1) if inside else -1
-                            for (_, label), inside in zip(kept, in_scope)])
-    unknown = Counter(label for (_, label), inside, intent in zip(kept, in_scope, true_intent)
-                      if inside and intent < 0)
-    return ScoredSet(texts=texts, in_scope=in_scope, true_intent=true_intent, batch=batch, unknown_labels=unknown)
+    in_scope = np.array([intent_key(label) not in oos_keys for _, label in kept])
+    true_intent = np.array([names[intent_key(label)] if inside else -1 for (_, label), inside in zip(kept, in_scope)])
+    return ScoredSet(texts=texts, in_scope=in_scope, true_intent=true_intent, batch=batch)
+
+
+def _check_labels(labels: list[str], intents: dict[str, int], oos_keys: set[str], names: list[str],
+                  source: str) -> None:
+    """Raise a :class:`UserError` naming every label that is no intent and no out-of-scope label."""
+    unknown = Counter(label for label in labels if intent_key(label) not in intents and intent_key(label) not in oos_keys)
+    if not unknown:
+        return
+    lines = []
+    for label, count in unknown.most_common():
+        near = difflib.get_close_matches(label, names, n=2, cutoff=0.5)
+        hint = f"did you mean {' or '.join(repr(n) for n in near)}?" if near else "no intent has a similar name"
+        lines.append(f"  {label!r}: {count} row{'s' if count > 1 else ''}; {hint}")
+    raise UserError(
+        f"{source}: {len(unknown)} label{'s are' if len(unknown) > 1 else ' is'} not an intent of the catalog "
+        f"({sum(unknown.values())} rows):\n" + "\n".join(lines) + "\n"
+        "fix: rename them to the catalog's intent names, mark off-topic labels with --oos-label LABEL, or add "
+        "the intents to the catalog; nothing was measured or written")
 
 
 def metrics(scored: ScoredSet, thresholds: np.ndarray) -> dict:

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gatekeeper.catalog_schema import Catalog
+from gatekeeper.catalog_schema import Catalog, pick_reply
 from gatekeeper.scoring import ScoreBatch, Scorer
 
 #: Intents listed in a decision's ``top_k``.
@@ -16,6 +16,10 @@ REASON_BELOW_THRESHOLD = "below_threshold"
 REASON_NEAREST_OUT_OF_SCOPE = "nearest_out_of_scope"
 REASON_EMPTY = "empty_input"
 REASON_NOT_TEXT = "not_text"
+
+#: What the sidecar does with a message: an accepted intent's ``action``, or the canned reject reply.
+ACTION_REJECT = "reject"
+ACTIONS = ("forward", "reply", "handoff", ACTION_REJECT)
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,10 @@ class Decision:
     reason: str | None
     top_k: list[IntentScore] = field(default_factory=list)
     truncated: bool = False
+    #: forward, reply or handoff (the accepted intent's action), or reject.
+    action: str = ACTION_REJECT
+    #: The intent's ``tags`` from the catalog.
+    tags: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         """JSON-ready form."""
@@ -63,6 +71,8 @@ class Router:
         self.scorer = scorer
         self.thresholds = thresholds
         self._names = catalog.intent_names()
+        self._actions = [intent.action for intent in catalog.intents]
+        self._tags = [list(intent.tags) for intent in catalog.intents]
 
     def decide_vectors(self, texts: list[str], vectors: np.ndarray, truncated: list[bool]) -> list[Decision]:
         """Decide messages whose (normalised) texts were embedded as ``vectors``."""
@@ -88,7 +98,9 @@ class Router:
             decisions.append(Decision(text=text, accepted=accepted, intent=self._names[intent_id],
                                       score=round(score, 6), threshold=round(threshold, 6),
                                       margin=round(score - threshold, 6), reason=reason, top_k=top,
-                                      truncated=truncated[row]))
+                                      truncated=truncated[row],
+                                      action=self._actions[intent_id] if accepted else ACTION_REJECT,
+                                      tags=self._tags[intent_id]))
         return decisions
 
     def empty_decision(self, text: str, reason: str) -> Decision:
@@ -97,10 +109,19 @@ class Router:
         return Decision(text=text, accepted=False, intent=None, score=0.0, threshold=round(threshold, 6),
                         margin=round(-threshold, 6), reason=reason)
 
+    def reply(self, decision: Decision, language: str) -> str | None:
+        """The canned answer in ``language`` for a decision the LLM must not see, or None to forward it.
+
+        Rejected: the nearest intent's reject reply (else the catalog's);
+        accepted as a ``reply`` or ``handoff`` intent: that intent's answer.
+        """
+        if decision.action == ACTION_REJECT:
+            return self.reject_reply(decision.intent, language)
+        return self.catalog.intent(decision.intent).answer(language) if decision.intent else None
+
     def reject_reply(self, intent_name: str | None, language: str) -> str:
         """The canned reply for a rejected message: its nearest intent's, else (None) the catalog default."""
         reply = self.catalog.defaults.reject_reply
         if intent_name is not None:
-            intent = self.catalog.intents[self._names.index(intent_name)]
-            reply = intent.reject_reply or reply
-        return reply.zh if language == "zh" else reply.en
+            reply = self.catalog.intent(intent_name).reject_reply or reply
+        return pick_reply(reply, language)

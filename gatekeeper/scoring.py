@@ -264,10 +264,20 @@ def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarr
     return model.coef_[0], float(model.intercept_[0]), mean, scale
 
 
-def uses_head(labels: np.ndarray, n_intents: int) -> bool:
-    """Whether the catalog has enough examples for the head scorer."""
-    in_scope = int((labels != OUT_OF_SCOPE).sum())
-    return n_intents >= 2 and in_scope >= HEAD_MIN_EXAMPLES_PER_INTENT * n_intents
+def uses_head(labels: np.ndarray, n_intents: int, own_intents: Sequence[int] | None = None) -> bool:
+    """Whether the catalog has enough examples for the head scorer.
+
+    The catalog's own intents (``own_intents``, by default all; built-in
+    pack intents are not its own) need :data:`HEAD_MIN_EXAMPLES_PER_INTENT`
+    prototypes each on median, and the head needs two classes: two intents,
+    or one and enough negatives.
+    """
+    in_scope = labels[labels != OUT_OF_SCOPE]
+    negatives = len(labels) - len(in_scope)
+    counts = np.bincount(in_scope, minlength=n_intents)
+    own = counts[list(own_intents)] if own_intents is not None else counts
+    return ((n_intents >= 2 or negatives >= HEAD_MIN_NEGATIVES)
+            and float(np.median(own)) >= HEAD_MIN_EXAMPLES_PER_INTENT)
 
 
 def load_scorer(name: str, index: PrototypeIndex, n_intents: int, state: dict[str, np.ndarray]) -> Scorer:

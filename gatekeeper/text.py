@@ -1,4 +1,4 @@
-"""Message text helpers: clean-up before embedding, and zh/en language detection."""
+"""Message text helpers: clean-up before embedding, and language detection by script."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ import re
 import unicodedata
 
 _CJK = re.compile(r"[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]")
-_LATIN = re.compile(r"[A-Za-z]")
+_LATIN = re.compile(r"[A-Za-z\u00c0-\u024f]")
+_KANA = re.compile(r"[\u3040-\u30ff\u31f0-\u31ff]")
+_HANGUL = re.compile(r"[\u1100-\u11ff\u3130-\u318f\uac00-\ud7af]")
+_OTHER_SCRIPTS = (
+    (re.compile(r"[\u0400-\u04ff]"), "ru"), (re.compile(r"[\u0600-\u06ff]"), "ar"),
+    (re.compile(r"[\u0e00-\u0e7f]"), "th"), (re.compile(r"[\u0590-\u05ff]"), "he"),
+    (re.compile(r"[\u0900-\u097f]"), "hi"), (re.compile(r"[\u0370-\u03ff]"), "el"),
+)
 _SPACES = re.compile(r"\s+")
 
 
@@ -22,11 +29,26 @@ def normalise(text: str, max_chars: int) -> tuple[str, bool]:
 
 
 def detect_language(text: str) -> str:
-    """'zh' if the text has at least as many CJK characters as Latin words' letters / 4, else 'en'.
+    """The language of a message by its script, for picking a reply: zh, ja, ko, en, ... or 'default'.
 
-    Chinese needs far fewer characters than English for the same content, so a
-    message like "5G套餐怎么改" counts as Chinese.
+    Kana means Japanese and Hangul Korean, even beside Chinese characters;
+    otherwise 'zh' if the text has at least as many Chinese characters as
+    Latin letters / 4 (Chinese needs far fewer characters than English for
+    the same content, so "5G套餐怎么改" is Chinese). Latin script counts as
+    English; a few other scripts map to their main language; anything else
+    (digits, emoji, empty) is 'default'.
     """
+    if _KANA.search(text):
+        return "ja"
+    if _HANGUL.search(text):
+        return "ko"
     cjk = len(_CJK.findall(text))
     latin = len(_LATIN.findall(text))
-    return "zh" if cjk and cjk * 4 >= latin else "en"
+    if cjk and cjk * 4 >= latin:
+        return "zh"
+    if latin:
+        return "en"
+    for script, language in _OTHER_SCRIPTS:
+        if script.search(text):
+            return language
+    return "default"

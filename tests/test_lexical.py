@@ -15,7 +15,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 
 from gatekeeper.build import build_artifacts, state_dir
 from gatekeeper.catalog import load_catalog
-from gatekeeper.commands.import_cmd import catalog_document
+from gatekeeper.commands.import_cmd import document_from_pairs
 from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
 from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, realign
@@ -135,7 +135,7 @@ def test_ngrams_raise_accuracy_on_smp2017(tmp_path, use_embedder):
         with open(folder / f"{split}.jsonl", encoding="utf-8") as handle:
             return [(row["text"], row["label"]) for row in map(json.loads, handle)]
 
-    document = catalog_document(rows("train"), {"chat"}, "smp")
+    document = document_from_pairs(rows("train"), {"chat"}, "smp")
     accuracy = {}
     for lexical in (True, False):
         path = tmp_path / f"smp_lexical_{lexical}.yaml"

@@ -37,7 +37,7 @@ def test_import_makes_a_catalog(smp_catalog):
 
     catalog = load_catalog(smp_catalog)
     labels = {json.loads(line)["label"] for line in (SMP / "train.jsonl").open(encoding="utf-8")}
-    assert set(catalog.intent_names()) == labels - {"chat"}
+    assert set(catalog.intent_names()) == labels - {"chat"}  # imported catalogs have no conversation pack
     assert len(catalog.out_of_scope) > 100
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
 from gatekeeper.commands.common import load_gate
@@ -24,15 +25,19 @@ def run(args: argparse.Namespace) -> int:
     meta = gate.artifacts.meta
     summary = {
         "catalog": meta["catalog"], "status": "built" if gate.rebuilt else "up to date",
-        "intents": len(meta["intents"]), "examples": meta["examples"], "out_of_scope": meta["out_of_scope"],
+        "intents": len(meta["intents"]), "conversation_pack_intents": len(gate.catalog.pack_intents),
+        "examples": meta["examples"], "out_of_scope": meta["out_of_scope"],
+        "out_of_scope_pack": meta["pack_out_of_scope"], "out_of_scope_pack_dropped": meta["pack_dropped"],
         "prototypes": meta["prototypes"], "embedded": meta["embedded"] if gate.rebuilt else 0,
         "model": meta["model"], "dim": meta["dim"], "index": meta["index"], "scorer": meta["scorer"],
         "lexical_features": meta["lexical_features"],
         "threshold": gate.router.thresholds.global_threshold, "threshold_source": gate.router.thresholds.source,
         "build_seconds": meta["build_seconds"],
     }
+    for warning in gate.catalog.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json(summary)
+        print_json({**summary, "warnings": gate.catalog.warnings})
     else:
         width = max(map(len, summary))
         for key, value in summary.items():

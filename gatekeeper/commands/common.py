@@ -1,30 +1,41 @@
-"""What several subcommands share: loading a gate with a progress bar, reading JSON lines."""
+"""What several subcommands share: loading a gate with a progress bar, reading labelled data files."""
 
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
-from typing import Iterator
 
-from gatekeeper.errors import UserError
+from gatekeeper.catalog_schema import intent_key
 from gatekeeper.gate import Gate
+from gatekeeper.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, read_labelled
 from gatekeeper.progress import build_progress
-
-
-#: Labels that always mean "out of scope" in a labelled file.
-DEFAULT_OOS_LABELS = ("oos",)
 
 
 def add_oos_label_argument(parser: argparse.ArgumentParser) -> None:
     """The shared, repeatable ``--oos-label`` flag."""
     parser.add_argument("--oos-label", action="append", default=[], metavar="LABEL",
-                        help="label meaning out of scope (repeatable; 'oos' always does)")
+                        help=f"label meaning out of scope (repeatable, any case; '{OOS_LABEL}' always does)")
 
 
-def oos_labels(args: argparse.Namespace) -> set[str]:
-    """The out-of-scope labels of a parsed command line."""
-    return {*DEFAULT_OOS_LABELS, *args.oos_label}
+def add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--format``, ``--text-field`` and ``--label-field`` flags of a labelled data file."""
+    extensions = ", ".join(f"{ext}={fmt}" for ext, fmt in EXTENSIONS.items())
+    parser.add_argument("--format", choices=FORMATS, default=None,
+                        help=f"format of the data file (default: from its extension: {extensions})")
+    parser.add_argument("--text-field", default="text", metavar="NAME",
+                        help="JSON field or CSV/TSV column holding the user message (default: text)")
+    parser.add_argument("--label-field", default="label", metavar="NAME",
+                        help="JSON field or CSV/TSV column holding the intent label (default: label)")
+
+
+def oos_labels(args: argparse.Namespace) -> frozenset[str]:
+    """The out-of-scope labels of a parsed command line, as :func:`~gatekeeper.catalog_schema.intent_key` keys.
+
+    Compare a label with ``intent_key(label) in oos_labels(args)``, or use
+    :func:`gatekeeper.labelled_data.is_oos_label`.
+    """
+    return frozenset(intent_key(label) for label in (OOS_LABEL, *args.oos_label))
 
 
 def load_gate(catalog_path: str, rebuild: bool = False, threads: int = 1) -> Gate:
@@ -36,33 +47,25 @@ def load_gate(catalog_path: str, rebuild: bool = False, threads: int = 1) -> Gat
         close()
 
 
-def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
-    """(line number, object) for each non-blank line of a JSON-lines file; errors name file and line."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such file; pass a JSON-lines file of {{\"text\": ..., \"label\": ...}} rows")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except ValueError as error:
-                raise UserError(f"{path}:{number}: not valid JSON ({error.msg}); each line must be one "
-                                "JSON object") from None
-            if not isinstance(row, dict):
-                raise UserError(f"{path}:{number}: expected a JSON object with 'text' and 'label'")
-            yield number, row
+def read_rows(path: str | Path, fmt: str | None = None, text_field: str = "text",
+              label_field: str = "label") -> list[LabelledRow]:
+    """The rows of a labelled JSON-lines, CSV or TSV file, its warnings printed on stderr.
+
+    See :func:`gatekeeper.labelled_data.read_labelled`: labels are normalised
+    and every mistake is a ``UserError`` naming the file and the line.
+    """
+    data = read_labelled(path, fmt, text_field, label_field)
+    for message in data.warnings:
+        print_warning(message)
+    return data.rows
 
 
-def labelled_rows(path: str | Path) -> list[tuple[str, str]]:
-    """(text, label) pairs of a labelled JSON-lines file; a row without both is an error naming its line."""
-    rows = []
-    for number, row in read_jsonl(path):
-        text, label = row.get("text"), row.get("label")
-        if not isinstance(text, str) or not isinstance(label, str):
-            raise UserError(f"{path}:{number}: each row needs a string 'text' and a string 'label'")
-        rows.append((text, label))
-    if not rows:
-        raise UserError(f"{path}: the file has no rows")
-    return rows
+def labelled_rows(path: str | Path, fmt: str | None = None, text_field: str = "text",
+                  label_field: str = "label") -> list[tuple[str, str]]:
+    """(text, label) pairs of a labelled file, as :func:`read_rows` reads it."""
+    return [(row.text, row.label) for row in read_rows(path, fmt, text_field, label_field)]
+
+
+def print_warning(message: str) -> None:
+    """One warning on stderr, for the user to read."""
+    print(f"warning: {message}", file=sys.stderr)

@@ -7,8 +7,10 @@ import sys
 import time
 
 from gatekeeper.cli import add_catalog_argument, catalog_arg
-from gatekeeper.commands.common import add_oos_label_argument, labelled_rows, load_gate, oos_labels
+from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, labelled_rows, load_gate,
+                                        oos_labels)
 from gatekeeper.evaluation import score_rows
+from gatekeeper.report import check_report_destination, write_report
 from gatekeeper.tune import Policy, tune
 from gatekeeper.tuning_file import save_tuning
 
@@ -21,6 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("tune", help="pick thresholds from labelled traffic (ROC)")
     add_catalog_argument(parser)
     parser.add_argument("--data", required=True, metavar="VALID.jsonl", help='rows of {"text": ..., "label": ...}')
+    add_data_arguments(parser)
     add_oos_label_argument(parser)
     policy = parser.add_mutually_exclusive_group()
     policy.add_argument("--max-false-reject", type=_rate, metavar="R",
@@ -45,8 +48,11 @@ def run(args: argparse.Namespace) -> int:
     """Tune, save next to the catalog, print the chosen operating point."""
     started = time.perf_counter()
     catalog_path = catalog_arg(args)
+    if args.report:
+        check_report_destination(args.report)
     gate = load_gate(catalog_path)
-    scored = score_rows(gate, labelled_rows(args.data), oos_labels(args))
+    rows = labelled_rows(args.data, args.format, args.text_field, args.label_field)
+    scored = score_rows(gate, rows, oos_labels(args), source=args.data)
     print("fitting calibrator and thresholds ...", file=sys.stderr, flush=True)
     result = tune(gate, scored, _policy(args), per_intent=args.per_intent, override=args.override)
     path = save_tuning(catalog_path, result.tuning)
@@ -59,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     auroc = result.tuning.validation.get("auroc")
     print(f"validation AUROC {auroc:.4f}" if auroc is not None else "validation AUROC n/a")
     if args.report:
-        from gatekeeper.report import write_report
-
         for written in write_report(args.report, result, gate.catalog.name):
             print(f"wrote {written}")
     print(f"took {time.perf_counter() - started:.1f}s", file=sys.stderr)
