@@ -158,8 +158,10 @@ def pick_reply(replies: str | dict[str, str], language: str) -> str:
     return next(iter(replies.values()))
 
 
-#: What the gate does with a message accepted as an intent.
-Action = Literal["forward", "reply", "handoff"]
+#: What the gate does with a message accepted as an intent (README, "Actions and the built-in packs").
+#: ``continue``: a message with no topic of its own ("好的", "ok") follows the conversation: forwarded when
+#: the earlier user turns are in scope, rejected when they are not, answered with ``reply`` when it opens one.
+Action = Literal["forward", "reply", "handoff", "continue"]
 
 #: ``out_of_scope_pack`` / ``conversation_pack``: use the built-in pack, or not.
 PackSetting = Literal["default", "none"]
@@ -194,9 +196,11 @@ class Intent(_Strict):
     #: can route on them (e.g. ``[billing]``).
     tags: list[StrictStr] = []
     #: forward: the LLM answers (default); reply: answer with ``reply``, no LLM call;
-    #: handoff: answer with ``reply`` and mark the response for a human agent.
+    #: handoff: answer with ``reply`` and mark the response for a human agent;
+    #: continue: follow the conversation's earlier turns (see :data:`Action`).
     action: Action = "forward"
-    #: The answer for ``action: reply`` (required) or ``handoff`` (a default hand-over message otherwise).
+    #: The answer for ``action: reply`` and ``continue`` (required) or ``handoff`` (a default hand-over
+    #: message otherwise).
     reply: Replies | None = None
     #: The canned reply when a message nearest to this intent is rejected; by default
     #: the ``defaults.reject_reply`` of the file that declares the intent.
@@ -204,15 +208,16 @@ class Intent(_Strict):
 
     @model_validator(mode="after")
     def _reply_fits_action(self) -> "Intent":
-        if self.action == "reply" and self.reply is None:
-            raise ValueError("action 'reply' needs a 'reply' text (one string, or zh: / en: / default: texts)")
+        if self.action in ("reply", "continue") and self.reply is None:
+            raise ValueError(f"action '{self.action}' needs a 'reply' text (one string, or zh: / en: / default: "
+                             "texts)")
         if self.action == "forward" and self.reply is not None:
             raise ValueError("'reply' is only used with action 'reply' or 'handoff'; set one of them or "
                              "delete the reply")
         return self
 
     def answer(self, language: str) -> str | None:
-        """The canned answer of a reply or handoff intent in ``language``; None for forward intents."""
+        """The canned answer of a reply, handoff or continue intent in ``language``; None for forward intents."""
         if self.action == "forward":
             return None
         return pick_reply(self.reply or DEFAULT_HANDOFF_REPLY, language)
@@ -234,7 +239,7 @@ class CatalogFile(_Strict):
     #: Add the built-in bilingual out-of-scope pack to the negatives (``default``) or not (``none``).
     out_of_scope_pack: PackSetting | None = None
     #: Add the built-in conversation-control intents (greeting, thanks, goodbye, human_agent,
-    #: acknowledgement); an intent of the same name in the catalog replaces the pack's.
+    #: continuation); an intent of the same name in the catalog replaces the pack's.
     conversation_pack: PackSetting | None = None
     intents: list[Intent] = []
     out_of_scope: list[Utterance] = []

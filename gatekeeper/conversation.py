@@ -2,8 +2,12 @@
 
 A chat request is gated on its latest user message. Alone, a short follow-up
 such as "那另一个呢?" or "and the other one?" says nothing about the topic and
-is rejected, although the conversation is on topic. So when the latest message
-is rejected, it is accepted as a **follow-up** if all of these hold:
+is rejected, although the conversation is on topic. A message matched to an
+intent with ``action: continue`` (the conversation pack's ``continuation``:
+"好的", "ok") has no topic of its own either: with earlier user turns it takes
+their decision, accepted as a follow-up when they are in scope and rejected
+when they are not. Otherwise, when the latest message is rejected, it is
+accepted as a **follow-up** if all of these hold:
 
 1. **Short**: at most ``max_tokens`` estimated tokens (:func:`estimate_tokens`).
 2. **Vague on its own**: no catalog example, in scope or out of scope, has a
@@ -97,11 +101,11 @@ def prompt_text(messages: Sequence[Mapping]) -> str:
 
 async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequence[str],
                       policy: FollowupPolicy) -> TurnDecision:
-    """Decide the latest user message, letting earlier user turns rescue a short follow-up.
+    """Decide the latest user message, letting earlier user turns decide a message with no topic of its own.
 
-    Costs one encoder call, and a second only for a short, vague, rejected
-    message that has earlier turns. The second call is best-effort: if it
-    fails, the message is decided alone.
+    Costs one encoder call, and a second only for a message that has earlier
+    turns and is either a ``continue`` intent's or short, vague and rejected.
+    The second call is best-effort: if it fails, the message is decided alone.
     """
     prepared = gate.prepare(latest)
     text, _, reason = prepared
@@ -110,19 +114,36 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     vector = await embed([text])
     alone = gate.decide_prepared([prepared], [0], vector)[0]
     context = " ".join(previous[-policy.context_turns:]) if policy.context_turns else ""
-    if alone.accepted or not context or estimate_tokens(text) > policy.max_tokens:
+    if not context:
         return TurnDecision(alone)
+    # The context must fit the length limit with the latest message whole: cut its oldest part.
+    context = context[max(0, len(context) + len(text) + 1 - gate.catalog.defaults.max_chars):]
+    try:
+        if gate.router.continues(alone):
+            return await _continue_conversation(gate, embed, alone, context)
+        if alone.accepted or estimate_tokens(text) > policy.max_tokens:
+            return TurnDecision(alone)
+        return await _rescue_follow_up(gate, embed, alone, vector, context, policy)
+    except Exception:  # noqa: BLE001 - the embedder reports its own failures; the context check is optional
+        return TurnDecision(alone)
+
+
+async def _continue_conversation(gate: Gate, embed: Embed, alone: Decision, context: str) -> TurnDecision:
+    """A message with no topic of its own (an ``action: continue`` intent such as "好的") takes the decision of
+    the earlier user turns: accepted as a follow-up when they are in scope, rejected when they are not."""
+    prepared = gate.prepare(context)
+    earlier = gate.decide_prepared([prepared], [0], await embed([prepared[0]]))[0]
+    return TurnDecision(replace(earlier, text=alone.text, truncated=alone.truncated), followup=earlier.accepted)
+
+
+async def _rescue_follow_up(gate: Gate, embed: Embed, alone: Decision, vector: np.ndarray, context: str,
+                            policy: FollowupPolicy) -> TurnDecision:
+    """Conditions 2-4 of the module doc for a short, rejected message: accepted with its context, or ``alone``."""
     nearest, _ = gate.artifacts.index.search(vector, 1)
     if float(nearest[0, 0]) >= policy.max_similarity:
         return TurnDecision(alone)
-    # The joined text must fit the length limit with the latest message whole: cut the oldest context.
-    context = context[max(0, len(context) + len(text) + 1 - gate.catalog.defaults.max_chars):]
-    joined_prepared = gate.prepare(f"{context} {text}")
-    context_text = gate.prepare(context)[0]
-    try:
-        joined_vector, context_vector = await embed([joined_prepared[0], context_text])
-    except Exception:  # noqa: BLE001 - the embedder reports its own failures; this check is optional
-        return TurnDecision(alone)
+    joined_prepared = gate.prepare(f"{context} {alone.text}")
+    joined_vector, context_vector = await embed([joined_prepared[0], gate.prepare(context)[0]])
     joined = gate.decide_prepared([joined_prepared], [0], joined_vector[None, :])[0]
     if joined.accepted and float(joined_vector @ context_vector) >= float(joined_vector @ vector[0]):
         return TurnDecision(replace(joined, text=alone.text, truncated=alone.truncated), followup=True)

@@ -18,8 +18,10 @@ REASON_EMPTY = "empty_input"
 REASON_NOT_TEXT = "not_text"
 
 #: What the sidecar does with a message: an accepted intent's ``action``, or the canned reject reply.
+#: A ``continue`` intent's message alone (no conversation) is answered with its reply.
 ACTION_REJECT = "reject"
 ACTIONS = ("forward", "reply", "handoff", ACTION_REJECT)
+ACTION_CONTINUE = "continue"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,8 @@ class Router:
         self.scorer = scorer
         self.thresholds = thresholds
         self._names = catalog.intent_names()
-        self._actions = [intent.action for intent in catalog.intents]
+        self._actions = ["reply" if intent.action == ACTION_CONTINUE else intent.action for intent in catalog.intents]
+        self._continues = [intent.action == ACTION_CONTINUE for intent in catalog.intents]
         self._tags = [list(intent.tags) for intent in catalog.intents]
 
     def decide_vectors(self, texts: list[str], vectors: np.ndarray, truncated: list[bool]) -> list[Decision]:
@@ -108,6 +111,10 @@ class Router:
         threshold = self.thresholds.global_threshold
         return Decision(text=text, accepted=False, intent=None, score=0.0, threshold=round(threshold, 6),
                         margin=round(-threshold, 6), reason=reason)
+
+    def continues(self, decision: Decision) -> bool:
+        """Whether ``decision`` accepted a message whose intent follows the conversation (``action: continue``)."""
+        return decision.accepted and decision.intent is not None and self._continues[self._names.index(decision.intent)]
 
     def reply(self, decision: Decision, language: str) -> str | None:
         """The canned answer in ``language`` for a decision the LLM must not see, or None to forward it.

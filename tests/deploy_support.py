@@ -23,6 +23,7 @@ METRICS = [
     "gatekeeper_upstream_errors_total", "gatekeeper_llm_calls_saved_total", "gatekeeper_tokens_saved_total",
     "gatekeeper_catalog_info", "gatekeeper_reloads_total", "gatekeeper_in_flight_requests",
     "gatekeeper_embedding_failures_total", "gatekeeper_requests_total", "gatekeeper_batch_size",
+    "gatekeeper_actions_total",
 ]
 
 #: What the Grafana variables the dashboard uses stand for when its queries run outside Grafana.

@@ -11,8 +11,17 @@ request and behaves according to the request's ``model``:
 * ``mock-slow``: answers only after :data:`SLOW_SECONDS`;
 * ``mock-stall``: starts a stream, then stalls for :data:`SLOW_SECONDS`;
 * ``mock-gzip``: the stream, gzip-compressed (``content-encoding: gzip``);
+* ``mock-429`` / ``mock-503``: that status with ``retry-after`` and ``x-ratelimit-*`` headers;
+* ``mock-redirect``: a 307 to :data:`REDIRECT_TARGET`;
+* ``mock-cookie``: the completion, setting the cookie :data:`UPSTREAM_COOKIE`;
+* ``mock-headers``: the completion with :data:`UPSTREAM_HEADERS` (rate limits, and forged gate headers);
 * anything else: a ``chat.completion`` (or, with ``stream: true``, three SSE
   chunks a little apart, then ``[DONE]``) echoing the last user message.
+
+Beyond chat completions it answers ``GET /v1/models`` (:data:`UPSTREAM_MODELS`),
+``POST /v1/embeddings`` (vectors of :data:`EMBEDDING_DIM` made from each
+input's length), ``DELETE /v1/files/{id}`` and ``GET /v1/files/file-broken/content``
+(a body cut short); any other path is a 404.
 """
 
 from __future__ import annotations
@@ -37,6 +46,14 @@ from gatekeeper.server.app import create_app
 from gatekeeper.server.config import ServerSettings
 
 SLOW_SECONDS = 3.0
+UPSTREAM_MODELS = ("fake-chat", "fake-embed")
+EMBEDDING_DIM = 4
+REDIRECT_TARGET = "http://127.0.0.1:9/v1/chat/completions"
+UPSTREAM_COOKIE = "session=set-for-one-caller"
+RATE_LIMIT_HEADERS = {"retry-after": "7", "x-ratelimit-remaining-requests": "0",
+                      "x-ratelimit-reset-requests": "7s"}
+UPSTREAM_HEADERS = {"x-ratelimit-remaining-requests": "41", "x-gatekeeper-decision": "forged-by-upstream",
+                    "x-gatekeeper-debug": "forged-by-upstream", "openai-processing-ms": "12"}
 STREAM_PIECES = ("Hello", " from", " upstream")
 START_TIMEOUT_S = 20.0
 
@@ -72,9 +89,15 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
-            upstream.requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                                     body))
+            self._record(body)
+            if self.path == "/v1/embeddings":
+                return self._embeddings(body)
             model = body.get("model")
+            if model in ("mock-429", "mock-503"):
+                return self._json(int(model[-3:]), {"error": {"message": "slow down", "type": "rate_limit_error"}},
+                                  RATE_LIMIT_HEADERS)
+            if model == "mock-redirect":
+                return self._json(307, {}, {"location": REDIRECT_TARGET})
             if model == "mock-500":
                 return self._json(500, {"error": {"message": "upstream exploded", "type": "server_error"}})
             if model == "mock-401":
@@ -86,17 +109,59 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                         "")
             if body.get("stream"):
                 return self._stream(model, stall=model == "mock-stall", gzipped=model == "mock-gzip")
+            extra = {"mock-cookie": {"set-cookie": f"{UPSTREAM_COOKIE}; Path=/"},
+                     "mock-headers": UPSTREAM_HEADERS}.get(model)
             self._json(200, {"id": "chatcmpl-up", "object": "chat.completion", "created": 1, "model": model,
                              "choices": [{"index": 0, "finish_reason": "stop",
                                           "message": {"role": "assistant", "content": f"echo: {last}"}}],
-                             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}})
+                             "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}, extra)
 
-        def _json(self, status: int, payload: dict) -> None:
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self._record({})
+            if self.path.split("?")[0] == "/v1/models":
+                return self._json(200, {"object": "list", "data": [
+                    {"id": name, "object": "model", "created": 1, "owned_by": "fake"} for name in UPSTREAM_MODELS]})
+            if self.path == "/v1/files/file-broken/content":  # promises more bytes than it sends, then hangs up
+                self.send_response(200)
+                self.send_header("content-type", "application/octet-stream")
+                self.send_header("content-length", "1000")
+                self.end_headers()
+                self.wfile.write(b"partial")
+                self.close_connection = True
+                return None
+            self._not_found()
+
+        def do_DELETE(self) -> None:  # noqa: N802 - http.server's naming
+            self._record({})
+            if self.path.startswith("/v1/files/"):
+                return self._json(200, {"id": self.path.rsplit("/", 1)[-1], "object": "file", "deleted": True})
+            self._not_found()
+
+        def _record(self, body: dict) -> None:
+            upstream.requests.append(RecordedRequest(self.path, {k.lower(): v for k, v in self.headers.items()},
+                                                     body))
+
+        def _not_found(self) -> None:
+            self._json(404, {"error": {"message": f"no route {self.path}", "type": "invalid_request_error",
+                                       "code": "not_found"}})
+
+        def _embeddings(self, body: dict) -> None:
+            inputs = body.get("input")
+            inputs = [inputs] if isinstance(inputs, str) else inputs
+            self._json(200, {"object": "list", "model": body.get("model"),
+                             "data": [{"object": "embedding", "index": i,
+                                       "embedding": [float(len(text))] * EMBEDDING_DIM}
+                                      for i, text in enumerate(inputs)],
+                             "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+        def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(data)))
             self.send_header("x-upstream", "fake")
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.end_headers()
             self.wfile.write(data)
 
@@ -227,7 +292,7 @@ def chat_body(text: str, **extra: object) -> dict:
 
 #: A small catalog that builds in about a second, so reload tests can rebuild for real.
 SHOP = {
-    "version": 1, "name": "shop",
+    "version": 1, "name": "shop", "conversation_pack": "none",
     "defaults": {"reject_reply": {"en": "Sorry, I only help with orders.", "zh": "抱歉，我只处理订单问题。"}},
     "intents": [
         {"name": "order_status", "examples": ["where is my order", "has my package shipped", "track my parcel",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from urllib.parse import unquote
 
 import httpx
 import openai
@@ -42,7 +43,7 @@ def test_off_topic_is_answered_without_calling_the_upstream(sidecar, fake_upstre
                                                    "refusal": None}
     assert completion["choices"][0]["finish_reason"] == "stop"
     assert response.headers["x-gatekeeper-decision"] == "rejected"
-    assert response.headers["x-gatekeeper-intent"] == (telecom_gate.decide(text).intent or "none")
+    assert unquote(response.headers["x-gatekeeper-intent"]) == (telecom_gate.decide(text).intent or "none")
     assert 0.0 <= float(response.headers["x-gatekeeper-score"]) < telecom_gate.decide(ON_TOPIC).threshold
     assert fake_upstream.requests == []
     reason = telecom_gate.decide(text).reason
@@ -54,8 +55,8 @@ def test_off_topic_is_answered_without_calling_the_upstream(sidecar, fake_upstre
 def test_reject_reply_follows_the_message_language(sidecar, telecom_gate):
     replies = {text: httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(text), timeout=10)
                .json()["choices"][0]["message"]["content"] for text in (OFF_TOPIC, OFF_TOPIC_EN)}
-    assert replies[OFF_TOPIC] == telecom_gate.catalog.defaults.reject_reply.zh
-    assert replies[OFF_TOPIC_EN] == telecom_gate.catalog.defaults.reject_reply.en
+    assert replies[OFF_TOPIC] == telecom_gate.catalog.defaults.reject_reply["zh"]
+    assert replies[OFF_TOPIC_EN] == telecom_gate.catalog.defaults.reject_reply["en"]
 
 
 def test_on_topic_request_reaches_the_upstream_unmodified(sidecar, fake_upstream):

@@ -117,7 +117,7 @@ def test_embedding_failure_fail_closed_sends_the_canned_reply(failing_gate, fake
     response = post_chat(sidecar, chat_body(ON_TOPIC))
     assert response.status_code == 200
     assert response.headers["x-gatekeeper-decision"] == "fail-closed"
-    assert response.json()["choices"][0]["message"]["content"] == failing_gate.catalog.defaults.reject_reply.zh
+    assert response.json()["choices"][0]["message"]["content"] == failing_gate.catalog.defaults.reject_reply["zh"]
     assert fake_upstream.requests == []
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_closed") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="fail_closed") == 1
@@ -203,5 +203,5 @@ def test_without_upstream_accepted_requests_get_503_and_gate_works(telecom_gate,
 
 
 def test_unknown_route_is_an_openai_style_404(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
-    assert_openai_error(httpx.get(f"{sidecar.base_url}/v1/nothing", timeout=10), 404)
+    sidecar = start_sidecar(telecom_gate)  # (every /v1 path is relayed to the upstream: tests/test_server_hardening.py)
+    assert_openai_error(httpx.get(f"{sidecar.base_url}/nothing", timeout=10), 404)

@@ -48,7 +48,8 @@ def test_gate_messages_uses_the_conversation(sidecar):
     assert decision["followup"] is True
     assert decision["text"] == "那另一个呢?"
     alone = gate(sidecar, {"messages": messages[-1:]}).json()
-    assert alone["accepted"] is False and alone["followup"] is False
+    # Alone it opens a conversation: the pack's continuation intent answers it, nothing is forwarded.
+    assert (alone["intent"], alone["action"], alone["followup"]) == ("continuation", "reply", False)
 
 
 def test_gate_does_not_need_an_upstream_and_never_calls_one(telecom_gate, fake_upstream, start_sidecar):

@@ -83,7 +83,7 @@ def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, start_s
 
 @pytest.mark.parametrize(("broken", "expected"), [
     ({**SHOP, "intents": [{**SHOP["intents"][0], "threshold": 5}]}, "threshold"),
-    ({**SHOP, "intents": [{"name": "no spaces allowed", "examples": ["x"]}]}, "name"),
+    ({**SHOP, "intents": [{"name": "control\u0007character", "examples": ["x"]}]}, "name"),
     ("intents: [unclosed", "YAML"),
 ])
 def test_a_bad_catalog_is_refused_and_the_old_one_keeps_serving(shop, start_sidecar, broken, expected):

@@ -2,7 +2,8 @@
 
 Endpoints: ``POST /v1/chat/completions`` (gate, then forward or answer with
 the canned reply), ``POST /v1/gate`` (decision only), ``GET /healthz``,
-``GET /readyz``, ``GET /metrics`` and ``POST /admin/reload`` (also on SIGHUP).
+``GET /readyz``, ``GET /metrics`` and ``POST /admin/reload`` (also on SIGHUP);
+every other ``/v1`` path is relayed to the upstream (:mod:`gatekeeper.server.passthrough`).
 Every error is OpenAI-style JSON: ``{"error": {"message", "type", "param", "code"}}``.
 """
 
@@ -16,6 +17,7 @@ import signal
 import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
+from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,10 +30,16 @@ from gatekeeper.embedders import EmbeddingError
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.server.batching import MicroBatcher
-from gatekeeper.server.config import ServerSettings
+from gatekeeper.server.config import UPSTREAM_HINT, ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
 from gatekeeper.server.metrics import CONTENT_TYPE, Metrics
-from gatekeeper.server.middleware import BodyLimitMiddleware, RequestMetricsMiddleware
+from gatekeeper.server.middleware import (
+    BodyLimitMiddleware,
+    ErrorGuardMiddleware,
+    RequestMetricsMiddleware,
+    StrictJsonMiddleware,
+)
+from gatekeeper.server.passthrough import passthrough_router
 from gatekeeper.server.replies import canned_completion, canned_stream
 from gatekeeper.server.schemas import (
     ChatCompletionRequest,
@@ -51,8 +59,8 @@ from gatekeeper.server.upstream import Upstream, UpstreamError, relay
 log = logging.getLogger(__name__)
 
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 502, 503, 504)}
-NO_UPSTREAM = ("no upstream is configured, so accepted chat completions cannot be forwarded; start with "
-               "--upstream-base-url URL or set GATEKEEPER_UPSTREAM_BASE_URL (/v1/gate works without one)")
+NO_UPSTREAM = (f"no upstream is configured, so accepted chat completions cannot be forwarded; {UPSTREAM_HINT} "
+               "(/v1/gate works without one)")
 
 
 def create_app(settings: ServerSettings, gate: Gate | None = None,
@@ -64,7 +72,7 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     and ``/readyz`` says when it is ready. Metrics go to ``registry`` (a fresh
     one when None).
     """
-    metrics = Metrics(registry or CollectorRegistry())
+    metrics = Metrics(registry or CollectorRegistry(), mode=settings.mode)
     state = GateState(settings.catalog, metrics, threads=settings.threads, gate=gate)
     batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_us / 1e6, on_batch=metrics.batch_size.observe)
     decision_log = (DecisionLog(settings.decision_log, settings.decision_log_sample, settings.decision_log_text)
@@ -72,7 +80,8 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     service = GateService(settings, state, metrics, batcher, decision_log)
     upstream = (Upstream(settings.upstream_base_url,
                          settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
-                         settings.upstream_timeout_s, settings.upstream_connect_timeout_s)
+                         settings.upstream_timeout_s, settings.upstream_connect_timeout_s,
+                         settings.upstream_keepalive_expiry_s)
                 if settings.upstream_base_url else None)
 
     @asynccontextmanager
@@ -95,8 +104,10 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
                   lifespan=lifespan)
     app.state.metrics = metrics
     app.state.gate_state = state
+    app.add_middleware(StrictJsonMiddleware)  # middleware added last runs first
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    app.add_middleware(ErrorGuardMiddleware)
     _add_error_handlers(app)
 
     @app.post("/v1/chat/completions", responses={200: {"description": "chat.completion JSON or an SSE stream"},
@@ -107,7 +118,7 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
         outcome = await service.decide_chat(raw["messages"])
         headers = _gate_headers(outcome)
         if outcome.blocked:
-            reply = service.reject_reply(outcome)
+            reply = service.reply(outcome)
             model = body.model or "gatekeeper"
             if body.stream:
                 include_usage = bool((body.stream_options or {}).get("include_usage"))
@@ -118,12 +129,12 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
             return _error(503, error_body(NO_UPSTREAM, "service_unavailable", "no_upstream"), headers)
         started = time.perf_counter()
         try:
-            response = await upstream.chat_completions(raw, request.headers.get("authorization"))
+            response = await upstream.chat_completions(raw, request.headers)
             metrics.upstream_latency.observe(time.perf_counter() - started)
             content = None if body.stream else await response.read()
         except UpstreamError as failure:
             metrics.upstream_errors.labels(status=str(failure.status)).inc()
-            return _error(failure.status, failure.body, headers)
+            return failure.response(headers)
         if content is None:
             def count(failure: UpstreamError) -> None:
                 metrics.upstream_errors.labels(status=str(failure.status)).inc()
@@ -180,14 +191,22 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
             return _error(400, error_body(f"the reload failed, the previous catalog is still serving: "
                                           f"{type(error).__name__}: {error}", "reload_failed", "reload_failed"))
 
+    app.include_router(passthrough_router(upstream, metrics))  # last: it matches every other /v1 path
     return app
 
 
 def _gate_headers(outcome: ChatOutcome) -> dict[str, str]:
-    """The ``x-gatekeeper-*`` headers of a chat completion response."""
+    """The ``x-gatekeeper-*`` headers of a chat completion response.
+
+    Header values are Latin-1 only, so the intent name is percent-encoded as
+    UTF-8 (RFC 3986; ASCII names such as ``bill_inquiry`` are unchanged):
+    ``urllib.parse.unquote`` gives back ``退货申请`` from ``%E9%80%80...``.
+    """
     decision = outcome.decision
-    headers = {"x-gatekeeper-decision": outcome.action,
-               "x-gatekeeper-intent": decision.intent if decision is not None and decision.intent else "none"}
+    intent = decision.intent if decision is not None and decision.intent else "none"
+    action = decision.action if decision is not None else ("forward" if not outcome.blocked else "reject")
+    headers = {"x-gatekeeper-decision": outcome.action, "x-gatekeeper-action": action,
+               "x-gatekeeper-intent": quote(intent, safe="")}
     if decision is not None:
         headers["x-gatekeeper-score"] = f"{decision.score:.4f}"
     if outcome.followup:
@@ -200,8 +219,9 @@ def _check_admin(settings: ServerSettings, authorization: str | None) -> Respons
     if settings.admin_token is None:
         return _error(403, error_body("the admin endpoint is disabled; set GATEKEEPER_ADMIN_TOKEN (or admin_token "
                                       "in the config file) to enable it", "permission_error", "admin_disabled"))
-    expected = f"Bearer {settings.admin_token.get_secret_value()}".encode()
-    if not authorization or not hmac.compare_digest(authorization.encode(), expected):
+    scheme, _, token = (authorization or "").partition(" ")  # the scheme is case-insensitive (RFC 9110 11.1)
+    expected = settings.admin_token.get_secret_value().encode()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
         return _error(401, error_body("missing or wrong bearer token for the admin endpoint",
                                       "authentication_error", "invalid_admin_token"),
                       {"www-authenticate": "Bearer"})

@@ -11,7 +11,8 @@ CPU with each other, and the event loop stays free). Batches form on their own:
   timer resolution is about a millisecond) before calling the encoder.
 
 So single-request latency is never raised, and throughput under load rises
-with the batch size.
+with the batch size. A call that fails on one request's input is retried
+request by request, so that request fails alone.
 """
 
 from __future__ import annotations
@@ -109,29 +110,49 @@ class MicroBatcher:
         return size
 
     async def _encode(self, batch: list[_Pending]) -> None:
-        """One encoder call per embedder in the batch (one, except right after a model-changing reload)."""
-        loop = asyncio.get_running_loop()
+        """One encoder call per embedder in the batch (one, except right after a model-changing reload).
+
+        If a call for several requests fails on its input (any error but
+        :class:`EmbeddingError`), each request is retried alone, once, so one
+        request's bad text never fails another's. An :class:`EmbeddingError`
+        means the backend itself failed (model missing, endpoint down, bad
+        reply): it goes to every caller at once, since retrying each would only
+        multiply the outage's latency.
+        """
         groups: dict[int, list[_Pending]] = {}
         for item in batch:
             groups.setdefault(id(item.embedder), []).append(item)
         for items in groups.values():
-            texts = [text for item in items for text in item.texts]
-            if self._on_batch:
-                self._on_batch(len(texts))
-            try:
-                vectors = await loop.run_in_executor(self._executor, _encode_queries, items[0].embedder, texts)
-                if len(vectors) != len(texts):
-                    raise EmbeddingError(f"the encoder returned {len(vectors)} vectors for {len(texts)} texts")
-            except Exception as error:  # the caller applies its failure policy
-                for item in items:
-                    if not item.future.done():
-                        item.future.set_exception(error)
+            error = await self._encode_together(items)
+            if error is None:
                 continue
-            start = 0
-            for item in items:
-                if not item.future.done():
-                    item.future.set_result(vectors[start:start + len(item.texts)])
-                start += len(item.texts)
+            if len(items) == 1 or isinstance(error, EmbeddingError):
+                failures = [(item, error) for item in items]
+            else:
+                log.warning("batch_split", extra={"requests": len(items), "error": type(error).__name__})
+                failures = [(item, await self._encode_together([item])) for item in items]
+            for item, failure in failures:
+                if failure is not None and not item.future.done():
+                    item.future.set_exception(failure)
+
+    async def _encode_together(self, items: list[_Pending]) -> Exception | None:
+        """Encode the texts of ``items`` in one call and give each caller its rows; the call's error, or None."""
+        texts = [text for item in items for text in item.texts]
+        if self._on_batch:
+            self._on_batch(len(texts))
+        try:
+            vectors = await asyncio.get_running_loop().run_in_executor(
+                self._executor, _encode_queries, items[0].embedder, texts)
+            if len(vectors) != len(texts):
+                raise EmbeddingError(f"the encoder returned {len(vectors)} vectors for {len(texts)} texts")
+        except Exception as error:  # the caller applies its failure policy
+            return error
+        start = 0
+        for item in items:
+            if not item.future.done():
+                item.future.set_result(vectors[start:start + len(item.texts)])
+            start += len(item.texts)
+        return None
 
 
 def _encode_queries(embedder: Embedder, texts: list[str]) -> np.ndarray:

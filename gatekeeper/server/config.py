@@ -14,7 +14,7 @@ import argparse
 import os
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -49,6 +49,10 @@ class ServerSettings(BaseModel):
     upstream_timeout_s: float = Field(60.0, gt=0, description="upstream read timeout: time to the response "
                                                               "headers and between stream chunks (504 past it)")
     upstream_connect_timeout_s: float = Field(5.0, gt=0, description="upstream connect timeout")
+    upstream_keepalive_expiry_s: float = Field(4.0, gt=0, description="idle upstream connections are closed "
+                                               "after this long; keep it below the upstream server's keep-alive "
+                                               "timeout (uvicorn-based servers: 5 s), so a reused connection is "
+                                               "never one the upstream is closing")
     embedding_failure: EmbeddingFailurePolicy = Field("fail_open", description="when the encoder fails: "
                                                       "fail_open forwards, fail_closed sends the canned reply")
     max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
@@ -69,6 +73,12 @@ class ServerSettings(BaseModel):
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload "
                                                             "(env or file only; unset: endpoint disabled)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    keep_alive_s: int = Field(10, ge=1, description="idle client connections are kept this long (uvicorn "
+                                                    "timeout_keep_alive); keep it above the callers' and load "
+                                                    "balancer's idle expiry (httpx and the openai client: 5 s)")
+    graceful_shutdown_s: int = Field(25, ge=0, description="on SIGTERM, how long requests and streams in flight "
+                                                           "may finish before they are cut; keep it below the "
+                                                           "orchestrator's grace period (Kubernetes: 30 s)")
 
 
 #: Fields never taken from the command line.
@@ -79,6 +89,10 @@ SECRET_FIELDS = frozenset(name for name, field in ServerSettings.model_fields.it
 def env_name(field: str) -> str:
     """The environment variable of a settings field: ``GATEKEEPER_`` + upper-case name."""
     return ENV_PREFIX + field.upper()
+
+
+#: How to configure an upstream, for the errors of requests that need one.
+UPSTREAM_HINT = f"start with --upstream-base-url URL or set {env_name('upstream_base_url')}"
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
@@ -145,12 +159,31 @@ def masked(settings: ServerSettings) -> dict[str, Any]:
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` part masked."""
+    """``url`` with its ``user:password@`` part and every query value masked (``?api-key=***``)."""
     parts = urlsplit(url)
-    if not parts.username and not parts.password:
-        return url
-    return urlunsplit(parts._replace(netloc=f"{MASK}@{parts.hostname or ''}"
-                                            + (f":{parts.port}" if parts.port else "")))
+    if parts.username is not None or parts.password is not None:
+        parts = parts._replace(netloc=f"{MASK}@" + parts.netloc.rpartition("@")[2])
+    if parts.query:
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        parts = parts._replace(query=urlencode([(key, MASK) for key, _ in pairs], safe="*"))
+    return urlunsplit(parts)
+
+
+def url_secrets(url: str) -> list[str]:
+    """What :func:`mask_url` hides (user name, password, query values), as written in ``url`` and decoded."""
+    parts = urlsplit(url)
+    userinfo = parts.netloc.rpartition("@")[0]
+    written = userinfo.split(":", 1) if userinfo else []
+    written += [pair.partition("=")[2] for pair in parts.query.split("&")]
+    return sorted({form for value in written if value for form in (value, unquote(value), unquote_plus(value))},
+                  key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every occurrence of each of ``secrets`` replaced by ``***``."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
 
 
 def describe(settings: ServerSettings, sources: Mapping[str, str]) -> str:

@@ -11,7 +11,7 @@ from typing import get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gatekeeper.router import REASON_BELOW_THRESHOLD, REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
+from gatekeeper.router import ACTIONS, REASON_BELOW_THRESHOLD, REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
 from gatekeeper.server.config import EmbeddingFailurePolicy
 
 #: Gate score buckets: a few negative ones for cosine scores, then 0..1 in 0.05 steps.
@@ -33,8 +33,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 class Metrics:
     """Every metric the sidecar exports, registered on ``registry``."""
 
-    def __init__(self, registry: CollectorRegistry):
+    def __init__(self, registry: CollectorRegistry, mode: str = "enforce"):
         self.registry = registry
+        self.mode = mode
         self.decisions = Counter("gatekeeper_decisions_total", "Gate decisions, per message decided",
                                  ["decision", "intent", "mode"], registry=registry)
         self.rejected_calls = Counter("gatekeeper_rejected_calls_total",
@@ -54,8 +55,12 @@ class Metrics:
         self.upstream_errors = Counter("gatekeeper_upstream_errors_total",
                                        "Upstream failures, by the status returned to the caller",
                                        ["status"], registry=registry)
+        self.actions = Counter("gatekeeper_actions_total",
+                               "Chat completions by the gate's action: forward, reply, handoff or reject "
+                               "(in shadow mode what it would have done)", ["action", "mode"], registry=registry)
         self.llm_calls_saved = Counter("gatekeeper_llm_calls_saved_total",
-                                       "LLM calls not made because the message was rejected", registry=registry)
+                                       "LLM calls not made: the message was rejected, or answered by a reply or "
+                                       "handoff intent", registry=registry)
         self.tokens_saved = Counter("gatekeeper_tokens_saved_total",
                                     "Estimated prompt tokens not sent upstream (CJK characters + other "
                                     "characters / 4)", registry=registry)
@@ -76,6 +81,8 @@ class Metrics:
         for reason in REJECTION_REASONS:
             self.rejected_calls.labels(reason=reason)
             self.shadow_rejections.labels(reason=reason)
+        for action in ACTIONS:
+            self.actions.labels(action=action, mode=self.mode)
         for result in ("success", "failure"):
             self.reloads.labels(result=result)
         for policy in get_args(EmbeddingFailurePolicy):

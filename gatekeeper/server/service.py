@@ -14,7 +14,7 @@ import numpy as np
 
 from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, estimate_tokens, prompt_text, user_turns
 from gatekeeper.gate import Gate
-from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision
+from gatekeeper.router import ACTION_REJECT, REASON_EMPTY, REASON_NOT_TEXT, Decision
 from gatekeeper.server.batching import MicroBatcher
 from gatekeeper.server.config import ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
@@ -42,7 +42,7 @@ class ChatOutcome:
 
     #: accepted, rejected, shadow-rejected, fail-open or fail-closed (the ``x-gatekeeper-decision`` header).
     action: str
-    #: True: answer with the canned reply, never call the upstream.
+    #: True: answer with the canned reply (reject, reply or handoff), never call the upstream.
     blocked: bool
     #: The gate's decision; None when the encoder failed.
     decision: Decision | None
@@ -65,7 +65,7 @@ class GateService:
                                      settings.followup_max_similarity)
 
     async def decide_chat(self, messages: Sequence[Mapping]) -> ChatOutcome:
-        """Gate a chat request on its latest user message, applying mode and failure policy."""
+        """Gate a chat request on its latest user message, applying mode, actions and failure policy."""
         gate = self.state.gate
         latest, previous = user_turns(messages)
         language = detect_language(latest if isinstance(latest, str) else "")
@@ -74,23 +74,31 @@ class GateService:
         except EmbeddingFailure:
             return self._failed_chat(gate, language, messages)
         decision = turn.decision
-        shadow = self.settings.mode == "shadow"
-        if decision.accepted:
+        route = decision.action
+        self.metrics.actions.labels(action=route, mode=self.settings.mode).inc()
+        if route == "forward":
             action, blocked = ACCEPTED, False
-        elif shadow:
+        elif route != ACTION_REJECT:  # reply / handoff: answered here, in shadow mode only counted
+            action, blocked = ACCEPTED, self.settings.mode != "shadow"
+            if blocked:
+                self._count_saved(messages)
+        elif self.settings.mode == "shadow":
             action, blocked = SHADOW_REJECTED, False
             self.metrics.shadow_rejections.labels(reason=decision.reason).inc()
         else:
             action, blocked = REJECTED, True
-            self._count_blocked(decision.reason or REASON_EMPTY, messages)
+            self._count_rejected(decision.reason or REASON_EMPTY, messages)
         self._record(decision, "/v1/chat/completions", action, language, turn.followup)
         return ChatOutcome(action, blocked, decision, turn.followup, language, gate)
 
     @staticmethod
-    def reject_reply(outcome: ChatOutcome) -> str:
-        """The canned reply for a blocked request, in the message's language."""
-        intent = outcome.decision.intent if outcome.decision is not None else None
-        return outcome.gate.router.reject_reply(intent, outcome.language)
+    def reply(outcome: ChatOutcome) -> str:
+        """The canned answer of a blocked request, in the message's language: the reject reply, or the
+        accepted intent's reply or handoff message."""
+        router = outcome.gate.router
+        if outcome.decision is None:
+            return router.reject_reply(None, outcome.language)
+        return router.reply(outcome.decision, outcome.language) or router.reject_reply(None, outcome.language)
 
     async def decide_messages(self, messages: Sequence[Mapping]) -> TurnDecision:
         """Decide a conversation's latest user turn (no mode or policy: decision only).
@@ -139,16 +147,22 @@ class GateService:
             raise EmbeddingFailure(str(error)) from error
 
     def _failed_chat(self, gate: Gate, language: str, messages: Sequence[Mapping]) -> ChatOutcome:
-        if self.settings.embedding_failure == "fail_open":
+        fail_open = self.settings.embedding_failure == "fail_open"
+        self.metrics.actions.labels(action="forward" if fail_open else ACTION_REJECT, mode=self.settings.mode).inc()
+        if fail_open:
             return ChatOutcome(FAIL_OPEN, False, None, False, language, gate)
         if self.settings.mode == "shadow":
             self.metrics.shadow_rejections.labels(reason=REASON_FAIL_CLOSED).inc()
             return ChatOutcome(SHADOW_REJECTED, False, None, False, language, gate)
-        self._count_blocked(REASON_FAIL_CLOSED, messages)
+        self._count_rejected(REASON_FAIL_CLOSED, messages)
         return ChatOutcome(FAIL_CLOSED, True, None, False, language, gate)
 
-    def _count_blocked(self, reason: str, messages: Sequence[Mapping]) -> None:
+    def _count_rejected(self, reason: str, messages: Sequence[Mapping]) -> None:
         self.metrics.rejected_calls.labels(reason=reason).inc()
+        self._count_saved(messages)
+
+    def _count_saved(self, messages: Sequence[Mapping]) -> None:
+        """An LLM call not made: a rejected message, or one answered by a reply or handoff intent."""
         self.metrics.llm_calls_saved.inc()
         self.metrics.tokens_saved.inc(estimate_tokens(prompt_text(messages)))
 

@@ -88,6 +88,8 @@ class GateState:
                        "fingerprint": gate.artifacts.fingerprint, "rebuilt": gate.rebuilt, "embedder_reused": reused,
                        "seconds": round(time.perf_counter() - started, 3)}
             log.info("catalog_loaded", extra=summary)
+            for warning in gate.catalog.warnings:
+                log.warning("catalog_warning", extra={"catalog": self.catalog_path, "warning": warning})
             return summary
 
     def _build(self, current: Gate | None) -> tuple[Gate, bool]:
