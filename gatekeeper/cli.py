@@ -1,13 +1,15 @@
 """The ``gatekeeper`` command line: build, route, import, eval, tune and serve.
 
 User mistakes (a bad catalog, a missing file) print a clear message and exit 2,
-never a traceback.
+never a traceback. A reader that stops early (``gatekeeper eval ... | head``)
+ends the command quietly with exit 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Callable, Sequence
 
@@ -51,7 +53,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         configure_logging()
-        return args.handler(args)
+        code = args.handler(args)
+        sys.stdout.flush()  # a reader gone while output was still buffered shows up here, not at exit
+        return code
+    except BrokenPipeError:
+        return _stdout_closed()
     except CatalogError as error:
         print(f"catalog error ({len(error.problems)} problem{'s' if len(error.problems) > 1 else ''}):",
               file=sys.stderr)
@@ -63,6 +69,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except KeyboardInterrupt:
         return 130
+
+
+def _stdout_closed() -> int:
+    """The reader of stdout went away (``| head``): stop quietly, exit 0.
+
+    Output nobody reads any more is not a failure, so ``set -o pipefail``
+    scripts carry on. stdout is pointed at /dev/null so that Python's final
+    flush at exit cannot raise the error again (the standard recipe of the
+    Python documentation, "Note on SIGPIPE").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    return 0
 
 
 def print_json(obj: object) -> None:

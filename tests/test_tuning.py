@@ -86,7 +86,7 @@ def test_tune_then_eval_uses_saved_thresholds(smp_catalog, tmp_path):
 def test_eval_table_lists_confused_intents(smp_catalog):
     out = gatekeeper("eval", "--catalog", str(smp_catalog), "--data", str(SMP / "test.jsonl"),
                      "--oos-label", "chat").stdout
-    assert "in_scope_accuracy" in out and "most confused intents" in out
+    assert "in-scope accuracy" in out and "per intent, worst F1 first" in out and "most confused intents" in out
 
 
 def test_tune_without_out_of_scope_rows_is_a_clear_error(smp_catalog, tmp_path):
