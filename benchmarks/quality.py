@@ -129,7 +129,7 @@ def nearest_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]
 def zero_shot_document(train: list, oos: set[str], name: str) -> dict:
     """A catalog with only a description per intent, written from the label name."""
     labels = list(dict.fromkeys(label for _, label in train if label not in oos))
-    return {"version": 1, "name": name,
+    return {"version": 1, "name": name, "conversation_pack": "none",
             "intents": [{"name": normalise_intent_name(label), "description": label.replace("_", " ")}
                         for label in labels]}
 

@@ -26,7 +26,7 @@ from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, save_heads
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
 from gatekeeper.lexical import CharNgrams
-from gatekeeper.oos_pack import keep_mask, pack_fingerprint, pack_texts
+from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
 from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator,
                                 head_inputs, load_scorer, nearest_similarities, uses_head)
 from gatekeeper.thresholds import threshold_for_false_reject
@@ -65,12 +65,12 @@ class Prototypes:
         labels.extend([OUT_OF_SCOPE] * len(catalog.out_of_scope))
         return cls(texts=texts, labels=np.asarray(labels, dtype=np.int32))
 
-    def pack_candidates(self, catalog: Catalog) -> list[str]:
-        """The out-of-scope pack's messages that the catalog uses for a pack, minus texts it already has."""
+    def pack_candidates(self, catalog: Catalog) -> list[tuple[str, str]]:
+        """(category, message) of the out-of-scope pack if the catalog uses it, minus texts it already has."""
         if catalog.out_of_scope_pack == "none":
             return []
         own = {text_key(text) for text in self.texts}
-        return [text for text in pack_texts() if text_key(text) not in own]
+        return [(category, text) for category, text in pack_entries() if text_key(text) not in own]
 
 
 @dataclass
@@ -139,7 +139,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     started = time.perf_counter()
     prototypes = Prototypes.from_catalog(catalog)
     pack = prototypes.pack_candidates(catalog)
-    texts = prototypes.texts + pack
+    texts = prototypes.texts + [text for _, text in pack]
     total = len(texts)
     done = 0
 
@@ -183,13 +183,13 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta), heads
 
 
-def _add_pack(prototypes: Prototypes, pack: list[str], vectors: np.ndarray
+def _add_pack(prototypes: Prototypes, pack: list[tuple[str, str]], vectors: np.ndarray
               ) -> tuple[Prototypes, np.ndarray, int]:
-    """The prototypes and their vectors with the ``pack`` entries (the last rows of ``vectors``) that are
-    not too close to an intent example added as negatives; also how many were kept."""
+    """The prototypes and their vectors with the ``pack`` entries (the last rows of ``vectors``) that the
+    catalog leaves standing (:func:`keep_mask`) added as negatives; also how many were kept."""
     own, pack_vectors = vectors[:len(prototypes.texts)], vectors[len(prototypes.texts):]
-    keep = keep_mask(pack_vectors, own[prototypes.labels != OUT_OF_SCOPE])
-    kept = [text for text, chosen in zip(pack, keep) if chosen]
+    keep = keep_mask(pack_vectors, [category for category, _ in pack], own[prototypes.labels != OUT_OF_SCOPE])
+    kept = [text for (_, text), chosen in zip(pack, keep) if chosen]
     merged = Prototypes(texts=prototypes.texts + kept,
                         labels=np.concatenate([prototypes.labels, np.full(len(kept), OUT_OF_SCOPE, np.int32)]))
     return merged, np.concatenate([own, pack_vectors[keep]]), len(kept)

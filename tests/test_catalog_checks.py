@@ -112,8 +112,8 @@ def test_a_utf8_bom_is_accepted(catalog_dir):
 
 def test_conversation_pack_is_added_and_overridable(catalog_dir):
     catalog = load_catalog(write(catalog_dir, TWO_INTENTS))
-    assert set(catalog.pack_intents) == {"greeting", "thanks", "goodbye", "human_agent", "acknowledgement"}
-    assert {catalog.intent(n).action for n in catalog.pack_intents} == {"reply", "handoff", "forward"}
+    assert set(catalog.pack_intents) == {"greeting", "thanks", "goodbye", "human_agent", "continuation"}
+    assert {catalog.intent(n).action for n in catalog.pack_intents} == {"reply", "handoff", "continue"}
     own = TWO_INTENTS + ("  - name: Greeting\n    action: forward\n    examples: [\"hello there\", \"hi\", \"hey\"]\n"
                          "conversation_pack: default\n")
     replaced = load_catalog(write(catalog_dir, own))
