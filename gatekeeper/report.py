@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from gatekeeper.errors import UserError
+from gatekeeper.files import check_writable
 from gatekeeper.thresholds import OperatingPoint, pick_max_false_reject
 from gatekeeper.tune import TuneResult
 
@@ -44,13 +44,8 @@ def check_report_destination(folder: str | Path) -> None:
     except ImportError:
         raise UserError("--report needs matplotlib, which is not installed; reinstall gatekeeper with "
                         "pip install -e '.[report]' (or pip install 'matplotlib>=3.8')") from None
-    folder = Path(folder)
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
     try:
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        check_writable(Path(folder), folder=True)
     except OSError as error:
         raise UserError(f"--report {folder}: cannot write a report there ({error}); "
                         "choose a writable folder") from None

@@ -72,6 +72,7 @@ def test_missing_cjk_font_is_reported_only_for_cjk_text(monkeypatch, caplog):
         entry for entry in font_manager.fontManager.ttflist if Path(entry.fname).resolve().is_relative_to(bundled)])
     monkeypatch.setattr(font_manager, "findSystemFonts", lambda *args, **kwargs: [])
     monkeypatch.setattr(logging.getLogger("gatekeeper"), "propagate", True)
+    monkeypatch.setattr(logging.getLogger("gatekeeper"), "handlers", [])  # as before any in-process CLI run
     caplog.set_level(logging.WARNING, logger="gatekeeper")
     assert fonts.find_cjk_font() is None
     assert fonts.cjk_font_settings(["billing", "bill_inquiry"]) == {}

@@ -8,11 +8,7 @@ every mistake as JSON lines for relabelling; ``--json`` prints one object.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import secrets
-import tempfile
 import unicodedata
 from collections import Counter
 from dataclasses import asdict
@@ -22,6 +18,7 @@ from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
 from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, labelled_rows, load_gate,
                                         oos_labels)
 from gatekeeper.errors import UserError
+from gatekeeper.files import atomic_replace, check_writable
 from gatekeeper.evaluation import (ERROR_KINDS, FALSE_ACCEPT, FALSE_REJECT, FLAG_MIN_ROWS, FLAG_RATIO, ErrorRow,
                                    IntentQuality, confused_pairs, error_rows, metrics, per_intent_metrics, score_rows)
 from gatekeeper.gate import Gate
@@ -120,37 +117,25 @@ def check_errors_destination(path: Path) -> None:
 
     Called before scoring, so a bad path fails in a second, not after the whole file is scored.
     """
-    existing = next(folder for folder in path.parents if folder.exists())
     try:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a directory")
-        if not existing.is_dir():
-            raise NotADirectoryError(f"{existing} is a file")
-        with tempfile.TemporaryFile(dir=existing):
-            pass
+        check_writable(path)
     except OSError as error:
         raise UserError(f"--errors {path}: cannot write the errors file there ({error}); "
                         "choose a writable file path; nothing was scored or written") from None
 
 
 def write_errors(path: Path, errors: list[ErrorRow]) -> None:
-    """Write every mistake to ``path`` as JSON lines, atomically: a temp file beside it, renamed over ``path``.
+    """Write every mistake to ``path`` as JSON lines, atomically (:func:`gatekeeper.files.atomic_replace`).
 
-    Missing folders are created. On failure nothing is left behind and the error is a :class:`UserError`.
+    On failure nothing is left behind and the error is a :class:`UserError`.
     """
-    temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with temp.open("x", encoding="utf-8") as handle:
+        with atomic_replace(path) as temp, temp.open("x", encoding="utf-8") as handle:
             for error in errors:
                 handle.write(json.dumps(error.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(temp, path)
     except OSError as error:
         raise UserError(f"--errors {path}: cannot write the errors file ({error.strerror or error}); "
                         "nothing was written") from None
-    finally:
-        with contextlib.suppress(OSError):
-            temp.unlink()
 
 
 def display_width(text: str) -> int:

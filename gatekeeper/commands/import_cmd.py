@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import secrets
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from gatekeeper.catalog_schema import SCHEMA_VERSION, Catalog, intent_key, norma
 from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, oos_labels, print_warning,
                                         read_rows)
 from gatekeeper.errors import UserError
+from gatekeeper.files import atomic_replace
 from gatekeeper.labelled_data import LabelledRow, is_oos_label
 
 #: Conflicting rows listed in an error before "... and N more".
@@ -154,21 +154,13 @@ def write_catalog(out: Path, document: dict, source: str) -> Catalog:
     error is a :class:`UserError` naming ``source``, the data it came from.
     Returns the catalog as loaded from ``out`` (its warnings name ``out``).
     """
-    temp = out.with_name(f".{out.name}.{secrets.token_hex(4)}.tmp")
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        handle = temp.open("x", encoding="utf-8")
+        with atomic_replace(out) as temp:
+            with temp.open("x", encoding="utf-8") as handle:
+                yaml.safe_dump(document, handle, allow_unicode=True, sort_keys=False, width=1000)
+            catalog = _validated(temp, source)
     except OSError as error:
-        raise UserError(f"{out}: cannot write the catalog here ({error.strerror})") from None
-    try:
-        with handle:
-            yaml.safe_dump(document, handle, allow_unicode=True, sort_keys=False, width=1000)
-        catalog = _validated(temp, source)
-        temp.replace(out)
-    except OSError as error:
-        raise UserError(f"{out}: cannot write the catalog ({error.strerror}); nothing was written") from None
-    finally:
-        temp.unlink(missing_ok=True)
+        raise UserError(f"{out}: cannot write the catalog ({error.strerror or error}); nothing was written") from None
     # Its warnings point at lines of the file just written, not of the temp file.
     return catalog.model_copy(update={"sources": [str(out)],
                                       "warnings": [w.replace(str(temp), str(out)) for w in catalog.warnings]})

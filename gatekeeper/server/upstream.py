@@ -217,7 +217,7 @@ async def relay(response: UpstreamResponse, on_error: Callable[[UpstreamError], 
         log.warning("upstream_stream_failed", extra={"status": failure.status, "error": type(error).__name__})
         if not response.is_event_stream:
             raise failure from None
-        yield f"data: {json.dumps(failure.body)}\n\ndata: [DONE]\n\n".encode()
+        yield f"data: {json.dumps(failure.body, ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
     finally:
         await response.raw.aclose()
 
