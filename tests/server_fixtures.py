@@ -18,6 +18,10 @@ request and behaves according to the request's ``model``:
 * anything else: a ``chat.completion`` (or, with ``stream: true``, three SSE
   chunks a little apart, then ``[DONE]``) echoing the last user message.
 
+``POST /v1/responses`` echoes the last user input as ``echo: <text>``: a
+``response`` object, or (``stream: true``) ``response.created``, one
+``response.output_text.delta`` and ``response.completed`` events.
+
 Beyond chat completions it answers ``GET /v1/models`` (:data:`UPSTREAM_MODELS`),
 ``POST /v1/embeddings`` (vectors of :data:`EMBEDDING_DIM` made from each
 input's length), ``DELETE /v1/files/{id}`` and ``GET /v1/files/file-broken/content``
@@ -53,7 +57,8 @@ UPSTREAM_COOKIE = "session=set-for-one-caller"
 RATE_LIMIT_HEADERS = {"retry-after": "7", "x-ratelimit-remaining-requests": "0",
                       "x-ratelimit-reset-requests": "7s"}
 UPSTREAM_HEADERS = {"x-ratelimit-remaining-requests": "41", "x-gatekeeper-decision": "forged-by-upstream",
-                    "x-gatekeeper-debug": "forged-by-upstream", "openai-processing-ms": "12"}
+                    "x-gatekeeper-debug": "forged-by-upstream", "openai-processing-ms": "12",
+                    "x-request-id": "req-from-upstream"}
 STREAM_PIECES = ("Hello", " from", " upstream")
 START_TIMEOUT_S = 20.0
 
@@ -92,6 +97,8 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
             self._record(body)
             if self.path == "/v1/embeddings":
                 return self._embeddings(body)
+            if self.path == "/v1/responses":
+                return self._responses(body)
             model = body.get("model")
             if model in ("mock-429", "mock-503"):
                 return self._json(int(model[-3:]), {"error": {"message": "slow down", "type": "rate_limit_error"}},
@@ -153,6 +160,35 @@ def _handler(upstream: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                                        "embedding": [float(len(text))] * EMBEDDING_DIM}
                                       for i, text in enumerate(inputs)],
                              "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+        def _responses(self, body: dict) -> None:
+            """A Responses API answer echoing the last user input: a ``response`` object, or its SSE events."""
+            items = body.get("input")
+            items = [{"role": "user", "content": items}] if isinstance(items, str) else items or []
+            last = next((item.get("content") for item in reversed(items) if item.get("role") == "user"), "")
+            if isinstance(last, list):
+                last = " ".join(part.get("text", "") for part in last if part.get("type") == "input_text")
+            text = f"echo: {last}"
+            response = {"id": "resp_up", "object": "response", "created_at": 1, "status": "completed",
+                        "model": body.get("model"), "output": [
+                            {"id": "msg_up", "type": "message", "role": "assistant", "status": "completed",
+                             "content": [{"type": "output_text", "text": text, "annotations": []}]}],
+                        "usage": {"input_tokens": 3, "output_tokens": 2, "total_tokens": 5}}
+            if not body.get("stream"):
+                return self._json(200, response)
+            self.send_response(200)
+            self.send_header("content-type", "text/event-stream")
+            self.send_header("connection", "close")
+            self.end_headers()
+            events = [("response.created", {"response": {**response, "status": "in_progress", "output": []}}),
+                      ("response.output_text.delta", {"item_id": "msg_up", "output_index": 0, "content_index": 0,
+                                                      "delta": text}),
+                      ("response.completed", {"response": response})]
+            for number, (kind, data) in enumerate(events):
+                event = {"type": kind, "sequence_number": number, **data}
+                self.wfile.write(f"event: {kind}\ndata: {json.dumps(event)}\n\n".encode())
+                self.wfile.flush()
+            self.close_connection = True
 
         def _json(self, status: int, payload: dict, headers: dict[str, str] | None = None) -> None:
             data = json.dumps(payload).encode()

@@ -1,7 +1,8 @@
 """The FastAPI app: ``create_app(settings, gate=None, registry=None)``.
 
-Endpoints: ``POST /v1/chat/completions`` (gate, then forward or answer with
-the canned reply), ``POST /v1/gate`` (decision only), ``GET /healthz``,
+Endpoints: ``POST /v1/chat/completions`` and ``POST /v1/responses``
+(:mod:`gatekeeper.server.responses`) (gate, then forward or answer with the
+canned reply), ``POST /v1/gate`` (decision only), ``GET /healthz``,
 ``GET /readyz``, ``GET /metrics`` and ``POST /admin/reload`` (also on SIGHUP);
 every other ``/v1`` path is relayed to the upstream (:mod:`gatekeeper.server.passthrough`).
 Every error is OpenAI-style JSON: ``{"error": {"message", "type", "param", "code"}}``.
@@ -14,10 +15,8 @@ import hmac
 import json
 import logging
 import signal
-import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator, Callable
-from urllib.parse import quote
 
 from fastapi import FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -29,9 +28,10 @@ from gatekeeper.catalog import CatalogError
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
-from gatekeeper.server.batching import MicroBatcher
-from gatekeeper.server.config import UPSTREAM_HINT, ServerSettings
+from gatekeeper.server.batching import MicroBatcher, Overloaded
+from gatekeeper.server.config import RETRY_AFTER_S, ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
+from gatekeeper.server.gated import forward, gate_headers
 from gatekeeper.server.metrics import CONTENT_TYPE, Metrics
 from gatekeeper.server.middleware import (
     BodyLimitMiddleware,
@@ -41,7 +41,10 @@ from gatekeeper.server.middleware import (
 )
 from gatekeeper.server.passthrough import passthrough_router
 from gatekeeper.server.replies import canned_completion, canned_stream
+from gatekeeper.server.request_id import RequestIdMiddleware
+from gatekeeper.server.responses import responses_router
 from gatekeeper.server.schemas import (
+    ERROR_RESPONSES,
     ChatCompletionRequest,
     ErrorResponse,
     GateBatchResponse,
@@ -51,16 +54,13 @@ from gatekeeper.server.schemas import (
     ReadyResponse,
     ReloadResponse,
     error_body,
+    streaming_response,
 )
-from gatekeeper.server.service import ChatOutcome, EmbeddingFailure, GateService
+from gatekeeper.server.service import EmbeddingFailure, GateService
 from gatekeeper.server.state import GateState, NotReady
-from gatekeeper.server.upstream import Upstream, UpstreamError, relay
+from gatekeeper.server.upstream import Upstream
 
 log = logging.getLogger(__name__)
-
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 413, 422, 502, 503, 504)}
-NO_UPSTREAM = (f"no upstream is configured, so accepted chat completions cannot be forwarded; {UPSTREAM_HINT} "
-               "(/v1/gate works without one)")
 
 
 def create_app(settings: ServerSettings, gate: Gate | None = None,
@@ -74,14 +74,16 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     """
     metrics = Metrics(registry or CollectorRegistry(), mode=settings.mode)
     state = GateState(settings.catalog, metrics, threads=settings.threads, gate=gate)
-    batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_us / 1e6, on_batch=metrics.batch_size.observe)
-    decision_log = (DecisionLog(settings.decision_log, settings.decision_log_sample, settings.decision_log_text)
+    batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_us / 1e6, on_batch=metrics.batch_size.observe,
+                           max_chars=settings.batch_max_chars, max_queued=settings.max_queued_texts)
+    decision_log = (DecisionLog(settings.decision_log, settings.decision_log_sample, settings.decision_log_text,
+                                settings.decision_log_max_bytes, settings.decision_log_backups)
                     if settings.decision_log else None)
     service = GateService(settings, state, metrics, batcher, decision_log)
     upstream = (Upstream(settings.upstream_base_url,
                          settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
                          settings.upstream_timeout_s, settings.upstream_connect_timeout_s,
-                         settings.upstream_keepalive_expiry_s)
+                         settings.upstream_keepalive_expiry_s, settings.upstream_deadline_s)
                 if settings.upstream_base_url else None)
 
     @asynccontextmanager
@@ -101,49 +103,38 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
                 decision_log.close()
 
     app = FastAPI(title="gatekeeper sidecar", summary="Intent gate in front of an OpenAI-compatible LLM",
-                  lifespan=lifespan)
+                  lifespan=lifespan, redirect_slashes=False)  # a redirect would be built from the client's Host
     app.state.metrics = metrics
     app.state.gate_state = state
     app.add_middleware(StrictJsonMiddleware)  # middleware added last runs first
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.body_timeout_s,
+                       budget_bytes=settings.max_buffered_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(ErrorGuardMiddleware)
+    app.add_middleware(RequestIdMiddleware)  # outermost: every response carries x-request-id
     _add_error_handlers(app)
 
-    @app.post("/v1/chat/completions", responses={200: {"description": "chat.completion JSON or an SSE stream"},
-                                                 **ERRORS})
+    @app.post("/v1/chat/completions", responses={200: streaming_response(
+        "a chat.completion, or with stream: true its chunks as Server-Sent Events",
+        "`data: {chat.completion.chunk}` events, then `data: [DONE]`; a failure midway is a final "
+        "`data: {\"error\": ...}` event before `data: [DONE]`"), **ERROR_RESPONSES})
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-        """Gate the latest user message; forward to the upstream, or answer with the catalog's reject reply."""
+        """Gate the text the model reads (the latest user message and everything after the last assistant turn);
+        forward to the upstream, or answer with the catalog's canned reply (``n`` choices)."""
         raw = await request.json()  # forwarded as sent, not as re-serialised by the model
-        outcome = await service.decide_chat(raw["messages"])
-        headers = _gate_headers(outcome)
+        outcome = await service.decide_chat(raw["messages"], user=raw.get("user"))
+        headers = gate_headers(outcome)
         if outcome.blocked:
             reply = service.reply(outcome)
             model = body.model or "gatekeeper"
             if body.stream:
                 include_usage = bool((body.stream_options or {}).get("include_usage"))
-                return StreamingResponse(canned_stream(reply, model, include_usage), headers=headers,
+                return StreamingResponse(canned_stream(reply, model, include_usage, body.n or 1), headers=headers,
                                          media_type="text/event-stream")
-            return JSONResponse(canned_completion(reply, model), headers=headers)
-        if upstream is None:
-            return _error(503, error_body(NO_UPSTREAM, "service_unavailable", "no_upstream"), headers)
-        started = time.perf_counter()
-        try:
-            response = await upstream.chat_completions(raw, request.headers)
-            metrics.upstream_latency.observe(time.perf_counter() - started)
-            content = None if body.stream else await response.read()
-        except UpstreamError as failure:
-            metrics.upstream_errors.labels(status=str(failure.status)).inc()
-            return failure.response(headers)
-        if content is None:
-            def count(failure: UpstreamError) -> None:
-                metrics.upstream_errors.labels(status=str(failure.status)).inc()
+            return JSONResponse(canned_completion(reply, model, body.n or 1), headers=headers)
+        return await forward(upstream, metrics, "chat/completions", raw, request.headers, body.stream, headers)
 
-            return StreamingResponse(relay(response, count), status_code=response.status,
-                                     headers={**response.headers, **headers})
-        return Response(content, status_code=response.status, headers={**response.headers, **headers})
-
-    @app.post("/v1/gate", response_model=GateDecision | GateBatchResponse, responses=ERRORS)
+    @app.post("/v1/gate", response_model=GateDecision | GateBatchResponse, responses=ERROR_RESPONSES)
     async def gate_decision(body: GateRequest) -> GateDecision | GateBatchResponse:
         """The gate's decision only: ``text`` -> one decision, ``texts`` -> a batch, ``messages`` -> latest turn."""
         if body.texts is not None:
@@ -167,7 +158,8 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
         current = state.gate
         return JSONResponse(ReadyResponse(ready=True, catalog=current.catalog.name,
                                           intents=len(current.catalog.intents),
-                                          fingerprint=current.artifacts.fingerprint).model_dump())
+                                          fingerprint=current.artifacts.fingerprint, tuning=current.tuning_status,
+                                          tuning_problem=current.tuning_problem).model_dump())
 
     @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:
@@ -191,27 +183,9 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
             return _error(400, error_body(f"the reload failed, the previous catalog is still serving: "
                                           f"{type(error).__name__}: {error}", "reload_failed", "reload_failed"))
 
+    app.include_router(responses_router(service, upstream, metrics))
     app.include_router(passthrough_router(upstream, metrics))  # last: it matches every other /v1 path
     return app
-
-
-def _gate_headers(outcome: ChatOutcome) -> dict[str, str]:
-    """The ``x-gatekeeper-*`` headers of a chat completion response.
-
-    Header values are Latin-1 only, so the intent name is percent-encoded as
-    UTF-8 (RFC 3986; ASCII names such as ``bill_inquiry`` are unchanged):
-    ``urllib.parse.unquote`` gives back ``退货申请`` from ``%E9%80%80...``.
-    """
-    decision = outcome.decision
-    intent = decision.intent if decision is not None and decision.intent else "none"
-    action = decision.action if decision is not None else ("forward" if not outcome.blocked else "reject")
-    headers = {"x-gatekeeper-decision": outcome.action, "x-gatekeeper-action": action,
-               "x-gatekeeper-intent": quote(intent, safe="")}
-    if decision is not None:
-        headers["x-gatekeeper-score"] = f"{decision.score:.4f}"
-    if outcome.followup:
-        headers["x-gatekeeper-followup"] = "true"
-    return headers
 
 
 def _check_admin(settings: ServerSettings, authorization: str | None) -> Response | None:
@@ -253,10 +227,15 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def not_ready(_: Request, error: NotReady) -> JSONResponse:
         return _error(503, error_body(f"the gate is not ready: {error}", "service_unavailable", "not_ready"))
 
+    @app.exception_handler(Overloaded)
+    async def overloaded(_: Request, error: Overloaded) -> JSONResponse:
+        log.warning("request_shed", extra={"reason": "encoder_queue"})
+        return _error(503, error_body(f"the gate is overloaded: {error}", "service_unavailable", "overloaded"),
+                      {"retry-after": str(RETRY_AFTER_S)})
+
     @app.exception_handler(EmbeddingFailure)
     async def embedding_failed(_: Request, error: EmbeddingFailure) -> JSONResponse:
-        return _error(503, error_body(f"the embedding backend failed: {error}", "service_unavailable",
-                                      "embedding_failed"))
+        return _error(503, error_body(f"the embedding backend failed: {error}", "service_unavailable", error.code))
 
     @app.exception_handler(HTTPException)
     async def http_error(_: Request, error: HTTPException) -> JSONResponse:
@@ -273,11 +252,17 @@ def _watch_sighup(state: GateState, background: set[asyncio.Task]) -> Callable[[
         _keep(background, asyncio.create_task(_reload_logged(state)))
 
     try:
+        previous = signal.getsignal(signal.SIGHUP)  # `gatekeeper serve` ignores it while starting
         loop.add_signal_handler(signal.SIGHUP, on_sighup)
     except (ValueError, RuntimeError, NotImplementedError, AttributeError):
         log.info("sighup_unavailable", extra={"reason": "not the main thread or no SIGHUP; use POST /admin/reload"})
         return lambda: None
-    return lambda: loop.remove_signal_handler(signal.SIGHUP)
+
+    def stop() -> None:  # back to what it was, not to the default action, which ends the process
+        loop.remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_DFL if previous is None else previous)
+
+    return stop
 
 
 async def _reload_logged(state: GateState) -> None:

@@ -14,25 +14,27 @@ from typing import Iterator
 SYSTEM_FINGERPRINT = "gatekeeper"
 
 
-def canned_completion(reply: str, model: str) -> dict:
-    """A complete non-streaming ``chat.completion`` whose assistant message is ``reply``."""
+def canned_completion(reply: str, model: str, n: int = 1) -> dict:
+    """A complete non-streaming ``chat.completion`` with ``n`` choices whose assistant message is ``reply``."""
     return {
         "id": _completion_id(), "object": "chat.completion", "created": int(time.time()), "model": model,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": reply, "refusal": None},
-                     "logprobs": None, "finish_reason": "stop"}],
+        "choices": [{"index": index, "message": {"role": "assistant", "content": reply, "refusal": None},
+                     "logprobs": None, "finish_reason": "stop"} for index in range(n)],
         "usage": _usage(),
     }
 
 
-def canned_stream(reply: str, model: str, include_usage: bool = False) -> Iterator[bytes]:
-    """The same reply as ``chat.completion.chunk`` SSE events: role+content, stop, [usage], ``[DONE]``."""
+def canned_stream(reply: str, model: str, include_usage: bool = False, n: int = 1) -> Iterator[bytes]:
+    """The same reply as ``chat.completion.chunk`` SSE events: role+content and stop for each of the ``n``
+    choices, [usage], ``[DONE]``."""
     base = {"id": _completion_id(), "object": "chat.completion.chunk", "created": int(time.time()),
             "model": model, "system_fingerprint": SYSTEM_FINGERPRINT}
     chunks = [
-        {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": reply},
-                              "logprobs": None, "finish_reason": None}]},
-        {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]},
+        *({**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": reply},
+                                "logprobs": None, "finish_reason": None}]} for index in range(n)),
+        *({**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": "stop"}]}
+          for index in range(n)),
     ]
     if include_usage:
         chunks.append({**base, "choices": [], "usage": _usage()})

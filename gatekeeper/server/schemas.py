@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from gatekeeper.router import Decision
 
@@ -28,6 +28,21 @@ class ChatCompletionRequest(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: StrictBool = False
     stream_options: dict[str, Any] | None = None
+    #: Choices to generate (OpenAI: 1 to 128); a canned reply has ``n`` identical choices.
+    n: StrictInt | None = Field(None, ge=1, le=128)
+
+
+class ResponsesRequest(BaseModel):
+    """An OpenAI Responses API request; every other parameter (tools, previous_response_id...) passes through."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    #: A user message, or a list of input items (messages with ``input_text`` parts, tool calls and outputs...).
+    input: str | list[dict[str, Any]]
+    #: The bot's own instructions: a system prompt before the conversation.
+    instructions: str | list[dict[str, Any]] | None = None
+    stream: StrictBool = False
 
 
 def error_body(message: str, kind: str, code: str | None = None, param: str | None = None,
@@ -39,11 +54,14 @@ def error_body(message: str, kind: str, code: str | None = None, param: str | No
 class GateRequest(BaseModel):
     """Exactly one of: ``text`` (one message), ``texts`` (a batch), ``messages`` (a conversation)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={
+        "oneOf": [{"required": ["text"]}, {"required": ["texts"]}, {"required": ["messages"]}]})
 
-    text: str | None = None
-    texts: list[str] | None = Field(None, min_length=1, max_length=256)
-    messages: list[ChatMessage] | None = Field(None, min_length=1)
+    text: str | None = Field(None, description="one message: answered with one decision")
+    texts: list[str] | None = Field(None, min_length=1, max_length=256,
+                                    description="independent messages: answered with {\"decisions\": [...]}")
+    messages: list[ChatMessage] | None = Field(None, min_length=1, description="a conversation: its latest user "
+                                               "turn is decided as a chat completion's would be")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "GateRequest":
@@ -91,6 +109,17 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+#: The error statuses of the API endpoints, for a route's ``responses`` (the OpenAPI schema).
+ERROR_RESPONSES = {status: {"model": ErrorResponse} for status in (400, 413, 422, 502, 503, 504)}
+
+
+def streaming_response(description: str, events: str) -> dict:
+    """A route's OpenAPI 200 response: JSON, or (``stream: true``) Server-Sent Events described by ``events``."""
+    return {"description": description, "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/event-stream": {"schema": {"type": "string", "description": events}}}}
+
+
 class ReloadResponse(BaseModel):
     """A successful reload."""
 
@@ -116,4 +145,8 @@ class ReadyResponse(BaseModel):
     catalog: str | None = None
     intents: int | None = None
     fingerprint: str | None = None
+    #: The tuning in force: tuned, re-derived (after a catalog edit), stale (auto thresholds) or none.
+    tuning: str | None = None
+    #: Why the tuning is stale, and the fix.
+    tuning_problem: str | None = None
     error: str | None = None

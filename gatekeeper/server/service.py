@@ -5,17 +5,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import AsyncIterator, Mapping, Sequence
 
 import numpy as np
 
-from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, estimate_tokens, prompt_text, user_turns
+from gatekeeper.conversation import (
+    FollowupPolicy,
+    GatedTexts,
+    TurnDecision,
+    decide_turn,
+    estimate_tokens,
+    gated_texts,
+    prompt_text,
+)
 from gatekeeper.gate import Gate
 from gatekeeper.router import ACTION_REJECT, REASON_EMPTY, REASON_NOT_TEXT, Decision
-from gatekeeper.server.batching import MicroBatcher
+from gatekeeper.server.batching import MicroBatcher, Overloaded
 from gatekeeper.server.config import ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
 from gatekeeper.server.metrics import REASON_FAIL_CLOSED, Metrics
@@ -33,7 +43,14 @@ FAIL_CLOSED = "fail-closed"
 
 
 class EmbeddingFailure(Exception):
-    """The encoder failed; the caller applies the configured policy."""
+    """The encoder failed, or gave no decision within ``gate_timeout_s``; the caller applies the configured policy.
+
+    ``code`` is the error code of a ``/v1/gate`` answer: ``embedding_failed`` or ``gate_timeout``.
+    """
+
+    def __init__(self, message: str, code: str = "embedding_failed"):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True)
@@ -64,13 +81,16 @@ class GateService:
         self.policy = FollowupPolicy(settings.context_turns, settings.followup_max_tokens,
                                      settings.followup_max_similarity)
 
-    async def decide_chat(self, messages: Sequence[Mapping]) -> ChatOutcome:
-        """Gate a chat request on its latest user message, applying mode, actions and failure policy."""
+    async def decide_chat(self, messages: Sequence[Mapping], endpoint: str = "/v1/chat/completions",
+                          user: object = None) -> ChatOutcome:
+        """Gate a chat request (:func:`gated_texts`: its latest user message and every other text the model reads
+        after the last assistant turn), applying mode, actions and failure policy; ``endpoint`` and the request's
+        OpenAI ``user`` field (hashed) are logged."""
         gate = self.state.gate
-        latest, previous = user_turns(messages)
-        language = detect_language(latest if isinstance(latest, str) else "")
+        texts = gated_texts(messages)
+        language = detect_language(texts.latest if isinstance(texts.latest, str) else "")
         try:
-            turn = await self._decide_turn(gate, latest, previous)
+            turn = await self._decide_turn(gate, texts)
         except EmbeddingFailure:
             return self._failed_chat(gate, language, messages)
         decision = turn.decision
@@ -88,7 +108,7 @@ class GateService:
         else:
             action, blocked = REJECTED, True
             self._count_rejected(decision.reason or REASON_EMPTY, messages)
-        self._record(decision, "/v1/chat/completions", action, language, turn.followup)
+        self._record(gate, turn, endpoint, action, language, user)
         return ChatOutcome(action, blocked, decision, turn.followup, language, gate)
 
     @staticmethod
@@ -101,16 +121,15 @@ class GateService:
         return router.reply(outcome.decision, outcome.language) or router.reject_reply(None, outcome.language)
 
     async def decide_messages(self, messages: Sequence[Mapping]) -> TurnDecision:
-        """Decide a conversation's latest user turn (no mode or policy: decision only).
+        """Decide a conversation as a chat request would be (no mode or policy: decision only).
 
         Raises :class:`EmbeddingFailure` if the encoder fails.
         """
         gate = self.state.gate
-        latest, previous = user_turns(messages)
-        turn = await self._decide_turn(gate, latest, previous)
-        language = detect_language(latest if isinstance(latest, str) else "")
-        self._record(turn.decision, "/v1/gate", ACCEPTED if turn.decision.accepted else REJECTED, language,
-                     turn.followup)
+        texts = gated_texts(messages)
+        turn = await self._decide_turn(gate, texts)
+        language = detect_language(texts.latest if isinstance(texts.latest, str) else "")
+        self._record(gate, turn, "/v1/gate", ACCEPTED if turn.decision.accepted else REJECTED, language)
         return turn
 
     async def decide_texts(self, texts: Sequence[object]) -> list[Decision]:
@@ -121,30 +140,55 @@ class GateService:
         gate = self.state.gate
         started = time.perf_counter()
         prepared, scorable = gate.prepare_many(texts)
-        vectors = await self._embed(gate, [prepared[i][0] for i in scorable])
+        async with self._deadline():
+            vectors = await self._embed(gate, [prepared[i][0] for i in scorable])
         decisions = gate.decide_prepared(prepared, scorable, vectors)
         self.metrics.gate_latency.observe(time.perf_counter() - started)
         for text, decision in zip(texts, decisions, strict=True):
-            self._record(decision, "/v1/gate", ACCEPTED if decision.accepted else REJECTED,
+            self._record(gate, TurnDecision(decision), "/v1/gate", ACCEPTED if decision.accepted else REJECTED,
                          detect_language(text if isinstance(text, str) else ""))
         return decisions
 
-    async def _decide_turn(self, gate: Gate, latest: object, previous: Sequence[str]) -> TurnDecision:
+    async def _decide_turn(self, gate: Gate, texts: GatedTexts) -> TurnDecision:
         started = time.perf_counter()
         try:
-            return await decide_turn(gate, lambda texts: self._embed(gate, texts), latest, previous, self.policy)
+            async with self._deadline():
+                return await decide_turn(gate, lambda batch: self._embed(gate, batch), texts.latest, texts.previous,
+                                         self.policy, texts.others)
         finally:
             self.metrics.gate_latency.observe(time.perf_counter() - started)
 
     async def _embed(self, gate: Gate, texts: Sequence[str]) -> np.ndarray:
         try:
             return await self.batcher.embed(gate.embedder, texts)
+        except Overloaded:  # shed with 503, not a decision: no policy applies
+            raise
         except Exception as error:  # any encoder failure is subject to the failure policy
-            policy = self.settings.embedding_failure
-            self.metrics.embedding_failures.labels(policy=policy).inc()
-            self.metrics.decisions.labels(decision="error", intent="none", mode=self.settings.mode).inc()
-            log.warning("embedding_failed", extra={"policy": policy, "error": f"{type(error).__name__}: {error}"})
-            raise EmbeddingFailure(str(error)) from error
+            raise self._failure(f"{type(error).__name__}: {error}", str(error)) from error
+
+    @asynccontextmanager
+    async def _deadline(self) -> AsyncIterator[None]:
+        """Bound a decision by ``gate_timeout_s``; past it the encoder counts as failed (the failure policy applies).
+
+        The caller's place in the encoder queue is given up, so a stalled
+        backend or a long queue never makes a request wait longer.
+        """
+        timeout = self.settings.gate_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                yield
+        except TimeoutError as error:
+            raise self._failure(f"no decision within {timeout:g}s", f"no decision within {timeout:g}s (setting "
+                                "gate_timeout_s): the embedding backend is slow or stalled, or the gate is "
+                                "overloaded", "gate_timeout") from error
+
+    def _failure(self, logged: str, message: str, code: str = "embedding_failed") -> EmbeddingFailure:
+        """Count and log an encoder failure; the :class:`EmbeddingFailure` to raise."""
+        policy = self.settings.embedding_failure
+        self.metrics.embedding_failures.labels(policy=policy).inc()
+        self.metrics.decisions.labels(decision="error", intent="none", mode=self.settings.mode).inc()
+        log.warning("embedding_failed", extra={"policy": policy, "error": logged})
+        return EmbeddingFailure(message, code)
 
     def _failed_chat(self, gate: Gate, language: str, messages: Sequence[Mapping]) -> ChatOutcome:
         fail_open = self.settings.embedding_failure == "fail_open"
@@ -166,12 +210,14 @@ class GateService:
         self.metrics.llm_calls_saved.inc()
         self.metrics.tokens_saved.inc(estimate_tokens(prompt_text(messages)))
 
-    def _record(self, decision: Decision, endpoint: str, action: str, language: str, followup: bool = False) -> None:
-        """Count a decision (metrics) and log it (sampled)."""
+    def _record(self, gate: Gate, turn: TurnDecision, endpoint: str, outcome: str, language: str,
+                user: object = None) -> None:
+        """Count a decision (metrics) and log it (sampled), with the earlier turns it was decided with."""
+        decision = turn.decision
         self.metrics.decisions.labels(decision=ACCEPTED if decision.accepted else REJECTED,
                                       intent=decision.intent or "none", mode=self.settings.mode).inc()
         if decision.reason not in (REASON_EMPTY, REASON_NOT_TEXT):
             self.metrics.score.observe(decision.score)
         if self.decision_log is not None:
-            self.decision_log.write(decision, endpoint=endpoint, mode=self.settings.mode, action=action,
-                                    language=language, followup=followup)
+            self.decision_log.write(gate, decision, endpoint=endpoint, mode=self.settings.mode, outcome=outcome,
+                                    language=language, followup=turn.followup, context=turn.context, user=user)

@@ -1,6 +1,6 @@
 """The OpenAI-compatible upstream: forwarding requests, relaying responses, mapping failures.
 
-One ``httpx`` connection pool, shared by the gated chat completions and the
+One ``httpx`` connection pool, shared by the gated endpoints (chat completions, responses) and the
 passthrough of the rest of ``/v1``. It keeps no state between callers: no
 cookie jar (a cookie the upstream sets for one caller is never sent with
 another's request; a caller's own ``Cookie`` header is forwarded as sent), and
@@ -21,6 +21,8 @@ and never hang:
 * upstream 5xx or connection failure -> 502; a redirect (3xx) -> 502
   ``upstream_redirect``, naming the masked target to configure instead;
 * no response headers, or a stream chunk gap, longer than the read timeout -> 504;
+  so is a whole response (headers and body or stream) longer than the total
+  deadline, however steadily it trickles;
 * upstream 4xx -> its status, with its ``{"error": ...}`` body (or one made
   from its text): the caller's request or key is at fault;
 * a failure after an SSE stream has started -> one ``data: {"error": ...}``
@@ -30,6 +32,7 @@ and never hang:
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -80,6 +83,8 @@ class UpstreamResponse:
     status: int
     headers: dict[str, str]
     raw: httpx.Response = field(repr=False)
+    #: When the whole body must be in (event loop time), or None.
+    deadline: float | None = None
 
     @property
     def is_event_stream(self) -> bool:
@@ -89,8 +94,9 @@ class UpstreamResponse:
     async def read(self) -> bytes:
         """The whole (decoded) body, then close; raises :class:`UpstreamError` if reading fails."""
         try:
-            return await self.raw.aread()
-        except httpx.HTTPError as error:
+            async with asyncio.timeout_at(self.deadline):
+                return await self.raw.aread()
+        except (httpx.HTTPError, TimeoutError) as error:
             raise _transport_error(error, "reading the upstream response") from None
         finally:
             await self.raw.aclose()
@@ -100,10 +106,11 @@ class Upstream:
     """An OpenAI-compatible endpoint at ``base_url`` (no retries, no redirects, bounded timeouts)."""
 
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float, connect_timeout_s: float,
-                 keepalive_expiry_s: float):
+                 keepalive_expiry_s: float, deadline_s: float | None = None):
         parts = urlsplit(base_url)
         self.masked_url = mask_url(base_url)
         self.timeout_s = timeout_s
+        self.deadline_s = deadline_s
         self._secrets = url_secrets(base_url) + ([api_key] if api_key else [])
         self._fallback_authorization = (f"Bearer {api_key}" if api_key
                                         else _basic_authorization(parts.username, parts.password))
@@ -114,14 +121,15 @@ class Upstream:
             limits=httpx.Limits(keepalive_expiry=keepalive_expiry_s),
             follow_redirects=False, cookies=_no_cookie_jar())
 
-    async def chat_completions(self, body: dict, caller_headers: Mapping[str, str]) -> UpstreamResponse:
-        """POST ``body`` (the caller's JSON) to ``/chat/completions``; returns once the response headers are in.
+    async def post_json(self, path: str, body: dict, caller_headers: Mapping[str, str]) -> UpstreamResponse:
+        """POST ``body`` (the caller's JSON) to ``path`` (``chat/completions``, ``responses``); returns once the
+        response headers are in.
 
         Raises :class:`UpstreamError` for every failure.
         """
         content = json.dumps(body, ensure_ascii=False, allow_nan=False).encode()
         headers = {**caller_headers, "content-type": "application/json"}
-        return await self.send("POST", "chat/completions", headers, content)
+        return await self.send("POST", path, headers, content)
 
     async def send(self, method: str, path: str, caller_headers: Mapping[str, str], content: bytes = b"",
                    params: list[tuple[str, str]] | None = None) -> UpstreamResponse:
@@ -130,25 +138,30 @@ class Upstream:
         ``path`` is percent-encoded, relative to the base URL, and free of dot
         segments (``..``), which would leave it. Returns once the response
         headers are in; raises :class:`UpstreamError` for every failure, a
-        non-2xx status included.
+        non-2xx status included. The whole response, body included, must be
+        in within ``deadline_s`` of now.
         """
         request = self._client.build_request(
             method, f"{self._base_url.rstrip('/')}/{path.lstrip('/')}", params=[*self._params, *(params or [])],
             headers=self._request_headers(caller_headers), content=content or None)
+        deadline = None if self.deadline_s is None else asyncio.get_running_loop().time() + self.deadline_s
         try:
-            raw = await self._client.send(request, stream=True)
+            async with asyncio.timeout_at(deadline):
+                raw = await self._client.send(request, stream=True)
+                if not 200 <= raw.status_code < 300:
+                    raise self._failed(await self._status_error(raw))
         except httpx.TimeoutException:
-            raise self._failed(UpstreamError(504, error_body(
-                f"the upstream sent no response within {self.timeout_s:g}s", "upstream_timeout",
-                "upstream_timeout"))) from None
+            raise self._failed(_timeout_error(f"the upstream sent no response within {self.timeout_s:g}s (setting "
+                                              "upstream_timeout_s)")) from None
+        except TimeoutError:
+            raise self._failed(_timeout_error(f"the upstream's response did not arrive within {self.deadline_s:g}s "
+                                              "(setting upstream_deadline_s)")) from None
         except httpx.HTTPError as error:
             raise self._failed(UpstreamError(502, error_body(
                 f"could not reach the upstream at {self.masked_url}: "
                 f"{redact(str(error) or type(error).__name__, self._secrets)}",
                 "upstream_error", "upstream_unreachable"))) from None
-        if 200 <= raw.status_code < 300:
-            return UpstreamResponse(raw.status_code, relayed_headers(raw.headers), raw)
-        raise self._failed(await self._status_error(raw))
+        return UpstreamResponse(raw.status_code, relayed_headers(raw.headers), raw, deadline)
 
     async def close(self) -> None:
         """Close the connection pool."""
@@ -208,10 +221,16 @@ async def relay(response: UpstreamResponse, on_error: Callable[[UpstreamError], 
     (the status line is already sent); any other body is aborted by raising
     the :class:`UpstreamError`, so the caller sees an incomplete body.
     """
+    chunks = response.raw.aiter_bytes()
     try:
-        async for chunk in response.raw.aiter_bytes():
+        while True:
+            try:
+                async with asyncio.timeout_at(response.deadline):
+                    chunk = await anext(chunks)
+            except StopAsyncIteration:
+                return
             yield chunk
-    except httpx.HTTPError as error:
+    except (httpx.HTTPError, TimeoutError) as error:
         failure = _transport_error(error, "relaying the upstream response")
         on_error(failure)
         log.warning("upstream_stream_failed", extra={"status": failure.status, "error": type(error).__name__})
@@ -245,10 +264,17 @@ def _error_object(text: str) -> dict | None:
     return error if isinstance(error, dict) and isinstance(error.get("message"), str) else None
 
 
-def _transport_error(error: httpx.HTTPError, doing: str) -> UpstreamError:
-    """504 for a timeout, else 502."""
+def _transport_error(error: httpx.HTTPError | TimeoutError, doing: str) -> UpstreamError:
+    """504 for a timeout (a chunk gap past the read timeout, or the response's deadline passed), else 502."""
+    if isinstance(error, TimeoutError):
+        return _timeout_error(f"the upstream's response passed its deadline (setting upstream_deadline_s) while "
+                              f"{doing}")
     if isinstance(error, httpx.TimeoutException):
-        return UpstreamError(504, error_body(f"the upstream timed out while {doing}", "upstream_timeout",
-                                             "upstream_timeout"))
+        return _timeout_error(f"the upstream timed out while {doing}")
     return UpstreamError(502, error_body(f"the upstream failed while {doing}: {type(error).__name__}",
                                          "upstream_error", "upstream_failed"))
+
+
+def _timeout_error(message: str) -> UpstreamError:
+    """A 504 ``upstream_timeout``."""
+    return UpstreamError(504, error_body(message, "upstream_timeout", "upstream_timeout"))
