@@ -36,12 +36,12 @@ def catalog_arg(args: argparse.Namespace) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     """All subcommands and their flags."""
-    from gatekeeper.commands import build_cmd, eval_cmd, import_cmd, route_cmd, tune_cmd
+    from gatekeeper.commands import build_cmd, eval_cmd, import_cmd, review_cmd, route_cmd, tune_cmd
     from gatekeeper.server import serve_cmd
 
     parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (build_cmd, route_cmd, import_cmd, eval_cmd, tune_cmd, serve_cmd):
+    for module in (build_cmd, route_cmd, import_cmd, eval_cmd, tune_cmd, serve_cmd, review_cmd):
         module.register(sub)
     return parser
 
