@@ -9,14 +9,17 @@ import difflib
 import sys
 from collections import Counter
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from gatekeeper.catalog_schema import intent_key
+from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
+from gatekeeper.labelled_data import Row
 from gatekeeper.scoring import ScoreBatch
 
 #: Texts embedded per encoder call while scoring a file.
@@ -36,7 +39,7 @@ ERROR_KINDS = (FALSE_REJECT, FALSE_ACCEPT, WRONG_INTENT)
 class ScoredSet:
     """A labelled file scored by a gate. Index arrays refer to the catalog's intent order."""
 
-    #: The normalised texts that were scored.
+    #: The normalised texts that were scored (of a row with context, the text that decided it: :func:`score_rows`).
     texts: list[str]
     #: The (text, label) rows as read from the file, aligned with ``texts`` (rows with an empty text are dropped).
     rows: list[tuple[str, str]]
@@ -57,9 +60,15 @@ class ScoredSet:
         return self.batch.score
 
 
-def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], show_progress: bool = True,
+def score_rows(gate: Gate, rows: Sequence[Row], oos_labels: set[str], show_progress: bool = True,
                source: str = "the data") -> ScoredSet:
     """Embed and score every (text, label) row; rows that normalise to nothing are dropped.
+
+    A (text, label, context) row is scored the way the sidecar decides it,
+    with :func:`~gatekeeper.conversation.decide_turn` (default follow-up
+    settings): a follow-up with its earlier turns, a ``continue`` intent's
+    message with its context's decision. Only the text whose score decided
+    (:attr:`~gatekeeper.conversation.TurnDecision.scored_text`) is scored.
 
     Labels match intent names case-insensitively (:func:`intent_key`). A label
     that is neither an intent nor in ``oos_labels`` is a :class:`UserError`
@@ -68,12 +77,12 @@ def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], sh
     """
     names = {intent_key(name): i for i, name in enumerate(gate.catalog.intent_names())}
     oos_keys = {intent_key(label) for label in oos_labels}
-    _check_labels([label for _, label in rows], names, oos_keys, gate.catalog.intent_names(), source)
+    _check_labels([row[1] for row in rows], names, oos_keys, gate.catalog.intent_names(), source)
     kept: list[tuple[str, str]] = []
     texts: list[str] = []
-    for text, label in rows:
-        clean, _, reason = gate.prepare(text)
-        if reason is None:
+    for text, label, *context in rows:
+        clean = _decide_in_context(gate, text, context[0]).scored_text if context else gate.prepare(text)[0]
+        if clean:
             kept.append((text, label))
             texts.append(clean)
     if not kept:
@@ -88,6 +97,21 @@ def score_rows(gate: Gate, rows: list[tuple[str, str]], oos_labels: set[str], sh
     in_scope = np.array([intent_key(label) not in oos_keys for _, label in kept])
     true_intent = np.array([names[intent_key(label)] if inside else -1 for (_, label), inside in zip(kept, in_scope)])
     return ScoredSet(texts=texts, rows=kept, in_scope=in_scope, true_intent=true_intent, batch=batch)
+
+
+def _decide_in_context(gate: Gate, text: str, context: Sequence[str]) -> TurnDecision:
+    """:func:`~gatekeeper.conversation.decide_turn` on a message and its earlier turns, run to its end at once:
+    its embedder here never waits, so no event loop is needed (and it works inside a running one)."""
+    async def embed(texts: Sequence[str]) -> np.ndarray:
+        return gate.embed(texts)
+
+    steps = decide_turn(gate, embed, text, list(context), FollowupPolicy())
+    try:
+        steps.send(None)
+    except StopIteration as finished:
+        return finished.value
+    steps.close()
+    raise RuntimeError("decide_turn waited on something other than its embedder")
 
 
 def _check_labels(labels: list[str], intents: dict[str, int], oos_keys: set[str], names: list[str],

@@ -6,8 +6,7 @@ that the CLI and the server both use.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -20,9 +19,11 @@ from gatekeeper.embedders import Embedder, make_embedder
 from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision, Router
 from gatekeeper.scoring import HeadScorer
 from gatekeeper.text import normalise
-from gatekeeper.tuning_file import Tuning, load_tuning, resolve_thresholds
+from gatekeeper.tuning_file import Tuning, load_tuning, resolve_thresholds, tuning_version
 
-log = logging.getLogger(__name__)
+#: :attr:`Gate.tuning_status`: no tuning file; its thresholds in force; re-derived from its stored rows after a
+#: catalog change; or stale: not re-derivable, so the catalog's own or auto thresholds are in force.
+TUNING_NONE, TUNING_TUNED, TUNING_REDERIVED, TUNING_STALE = "none", "tuned", "re-derived", "stale"
 
 
 @dataclass
@@ -36,6 +37,12 @@ class Gate:
     router: Router
     tuning: Tuning | None
     rebuilt: bool
+    #: One of the ``TUNING_*`` values.
+    tuning_status: str = TUNING_NONE
+    #: Why the tuning is stale, and the fix (None unless stale).
+    tuning_problem: str | None = None
+    #: :func:`~gatekeeper.tuning_file.tuning_version` of :attr:`tuning` (None without one).
+    tuning_version: str | None = None
 
     @classmethod
     def load(cls, catalog_path: str | Path, embedder: Embedder | None = None, threads: int = 1,
@@ -47,20 +54,30 @@ class Gate:
         from the catalog's ``model`` section. ``catalog`` is that file already
         parsed, if the caller has it. Raises
         :class:`gatekeeper.catalog.CatalogError` for a bad catalog.
+
+        The saved tuning applies as is while the catalog and model are those
+        it was made for; after a change, its thresholds and calibrator are
+        re-derived from the rows it stored, with its policy
+        (:func:`gatekeeper.tune.rederive`, :attr:`tuning_status`).
         """
         catalog = catalog or load_catalog(catalog_path)
         embedder = embedder or make_embedder(catalog.model, threads=threads)
         artifacts, rebuilt = load_or_build(catalog, catalog_path, embedder, progress=progress, force=rebuild)
+        gate = cls(str(catalog_path), catalog, embedder, artifacts, _router(catalog, artifacts, None), None, rebuilt)
         tuning = load_tuning(catalog_path)
-        scorer = artifacts.scorer
-        if tuning is not None and tuning.fingerprint != artifacts.fingerprint:
-            log.warning("tuning_stale", extra={"catalog": str(catalog_path), "hint":
-                        "the catalog or model changed since 'gatekeeper tune'; using auto thresholds until rerun"})
-            tuning = None
-        if tuning is not None and tuning.calibrator and isinstance(scorer, HeadScorer):
-            scorer = scorer.with_parameters(tuning.calibrator)
-        router = Router(catalog, scorer, resolve_thresholds(catalog, artifacts.auto_threshold, tuning))
-        return cls(str(catalog_path), catalog, embedder, artifacts, router, tuning, rebuilt)
+        if tuning is None:
+            return gate
+        if tuning.fingerprint == artifacts.fingerprint:
+            return gate.with_tuning(tuning, TUNING_TUNED)
+        from gatekeeper.tune import rederive  # imported here: re-deriving scores rows with a Gate
+
+        return rederive(gate, tuning)
+
+    def with_tuning(self, tuning: Tuning | None, status: str, problem: str | None = None) -> "Gate":
+        """This gate with ``tuning``'s thresholds and calibrator in force (None: the catalog's own, or auto)."""
+        return replace(self, router=_router(self.catalog, self.artifacts, tuning), tuning=tuning,
+                       tuning_status=status, tuning_problem=problem,
+                       tuning_version=tuning_version(tuning) if tuning is not None else None)
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         """Embed already-normalised messages as queries."""
@@ -96,3 +113,11 @@ class Gate:
     def decide(self, message: object) -> Decision:
         """Decide one message."""
         return self.decide_many([message])[0]
+
+
+def _router(catalog: Catalog, artifacts: Artifacts, tuning: Tuning | None) -> Router:
+    """The router of a catalog's artifacts with ``tuning``'s calibrator and thresholds, if any."""
+    scorer = artifacts.scorer
+    if tuning is not None and tuning.calibrator and isinstance(scorer, HeadScorer):
+        scorer = scorer.with_parameters(tuning.calibrator)
+    return Router(catalog, scorer, resolve_thresholds(catalog, artifacts.auto_threshold, tuning))

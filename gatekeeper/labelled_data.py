@@ -44,6 +44,13 @@ OOS_LABEL = "oos"
 #: Line numbers listed in a warning about skipped rows before "...".
 _LINES_SHOWN = 5
 
+#: The optional JSON-lines field of the earlier user turns a message was decided with (the decision log writes it).
+CONTEXT_FIELD = "context"
+
+#: A labelled message as scoring takes it: (text, label), or (text, label, context) with the earlier user turns,
+#: oldest first, that the sidecar decided it with.
+Row = tuple[str, str] | tuple[str, str, tuple[str, ...]]
+
 
 @dataclass(frozen=True)
 class LabelledRow:
@@ -53,6 +60,12 @@ class LabelledRow:
     label: str
     source: str
     line: int
+    #: The earlier user turns, oldest first (JSON lines' ``context`` field); empty for a message on its own.
+    context: tuple[str, ...] = ()
+
+    def as_row(self) -> Row:
+        """(text, label), or (text, label, context) when the message has earlier turns."""
+        return (self.text, self.label, self.context) if self.context else (self.text, self.label)
 
 
 @dataclass(frozen=True)
@@ -81,11 +94,11 @@ def read_labelled(path: str | Path, fmt: str | None = None, text_field: str = "t
     records = _records(_format(path, fmt), source, text, text_field, label_field)
     rows: list[LabelledRow] = []
     no_text: list[int] = []
-    for line, message, raw_label in records:
+    for line, message, raw_label, context in records:
         if not message.strip():
             no_text.append(line)
             continue
-        rows.append(LabelledRow(message, _label(raw_label, f"{source}:{line}"), source, line))
+        rows.append(LabelledRow(message, _label(raw_label, f"{source}:{line}"), source, line, context))
     if no_text:
         warnings.append(f"{source}: skipped {len(no_text)} row{'s' if len(no_text) > 1 else ''} with an empty "
                         f"{text_field!r} ({_lines(no_text)}); write the user message there or delete the row")
@@ -157,14 +170,15 @@ def _iconv(source: str) -> str:
 
 
 def _records(fmt: str, source: str, text: str, text_field: str, label_field: str
-             ) -> Iterator[tuple[int, str, str]]:
-    """(line, text, raw label) of every non-blank row of a decoded file."""
+             ) -> Iterator[tuple[int, str, str, tuple[str, ...]]]:
+    """(line, text, raw label, context) of every non-blank row of a decoded file (CSV and TSV have no context)."""
     if fmt == "jsonl":
         return _json_records(source, text, text_field, label_field)
     return _delimited_records(source, text, "," if fmt == "csv" else "\t", text_field, label_field)
 
 
-def _json_records(source: str, text: str, text_field: str, label_field: str) -> Iterator[tuple[int, str, str]]:
+def _json_records(source: str, text: str, text_field: str, label_field: str
+                  ) -> Iterator[tuple[int, str, str, tuple[str, ...]]]:
     example = f'{{"{text_field}": "我要查话费", "{label_field}": "话费查询"}}'
     for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
@@ -178,8 +192,12 @@ def _json_records(source: str, text: str, text_field: str, label_field: str) -> 
         if not isinstance(row, dict):
             raise UserError(f"{where}: expected a JSON object such as {example}, got {_json_type(row)}"
                             f"{_array_hint(line)}")
+        if text_field not in row and "text_sha256" in row:
+            raise UserError(f"{where}: this decision-log row has no text, only its hash: the log was written with "
+                            "decision_log_text=hash, which keeps no text to score or tune on; switch the sidecar to "
+                            "decision_log_text=redact (the default) or full, and collect traffic again")
         yield number, _json_string(row, text_field, "--text-field", where), \
-            _json_string(row, label_field, "--label-field", where)
+            _json_string(row, label_field, "--label-field", where), _json_context(row, where)
 
 
 def _json_string(row: dict, field: str, flag: str, where: str) -> str:
@@ -192,6 +210,17 @@ def _json_string(row: dict, field: str, flag: str, where: str) -> str:
         raise UserError(f'{where}: "{field}" must be a string, got {_json_type(value)} '
                         f"{json.dumps(value, ensure_ascii=False)[:40]}; put it in double quotes")
     return value
+
+
+def _json_context(row: dict, where: str) -> tuple[str, ...]:
+    """The row's earlier user turns: a list of strings, or nothing (missing or null)."""
+    value = row.get(CONTEXT_FIELD)
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(turn, str) for turn in value):
+        raise UserError(f'{where}: "{CONTEXT_FIELD}" must be a list of the earlier user messages (strings, oldest '
+                        f"first), got {json.dumps(value, ensure_ascii=False)[:60]}; fix it or delete the field")
+    return tuple(turn for turn in value if turn.strip())
 
 
 def _json_type(value: object) -> str:
@@ -223,7 +252,7 @@ def _delimited_records(source: str, text: str, delimiter: str, text_field: str, 
             raise UserError(f"{source}:{start}: the row has {len(cells)} fields but the header has {len(columns)}; "
                             "put a text that holds the delimiter in double quotes (\"...\"), or check that the "
                             f"file is really {kind}")
-        yield start, cells[text_at], cells[label_at]
+        yield start, cells[text_at], cells[label_at], ()
 
 
 def _non_blank_records(source: str, text: str, delimiter: str, kind: str) -> Iterator[tuple[int, list[str]]]:

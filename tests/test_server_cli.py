@@ -33,7 +33,7 @@ def test_serve_prints_masked_config_and_reloads_on_sighup(tmp_path: Path):
     catalog = tmp_path / "shop.yaml"
     write_catalog(catalog, SHOP)
     config = tmp_path / "gk.yaml"
-    config.write_text("decision_log_text: keep\nlog_level: warning\n", encoding="utf-8")
+    config.write_text("decision_log_text: full\nlog_level: warning\n", encoding="utf-8")
     port = free_port()
     env = {**os.environ, "GATEKEEPER_MODE": "shadow", "GATEKEEPER_ADMIN_TOKEN": "tok-secret-1",
            "GATEKEEPER_UPSTREAM_API_KEY": "sk-secret-2",
@@ -53,7 +53,7 @@ def test_serve_prints_masked_config_and_reloads_on_sighup(tmp_path: Path):
         assert "***" in lines["admin_token"] and "(env)" in lines["admin_token"]
         assert "***" in lines["upstream_api_key"]
         assert "enforce" in lines["mode"] and "(flag)" in lines["mode"]
-        assert "keep" in lines["decision_log_text"] and "(file)" in lines["decision_log_text"]
+        assert "full" in lines["decision_log_text"] and "(file)" in lines["decision_log_text"]
 
         def reply() -> str:
             response = httpx.post(f"{base}/v1/chat/completions", json=chat_body("tell me a joke"), timeout=10)

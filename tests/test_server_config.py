@@ -79,10 +79,10 @@ def test_parsed_flags_feed_the_settings():
     parser = argparse.ArgumentParser()
     add_settings_flags(parser)
     args = parser.parse_args(["--port", "9001", "--mode", "shadow", "--upstream-timeout-s", "1.5",
-                              "--decision-log-text", "keep"])
+                              "--decision-log-text", "full"])
     settings, _ = resolve_settings(vars(args), env={})
     assert (settings.port, settings.mode, settings.upstream_timeout_s, settings.decision_log_text) == (
-        9001, "shadow", 1.5, "keep")
+        9001, "shadow", 1.5, "full")
     with pytest.raises(SystemExit):
         parser.parse_args(["--mode", "sometimes"])
 

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Build, then summarise: intents, examples, model, dim, time."""
+    """Build, then summarise: intents, examples, model, dim, thresholds and the tuning's status, time."""
     gate = load_gate(catalog_arg(args), rebuild=args.rebuild, threads=args.threads)
     meta = gate.artifacts.meta
     summary = {
@@ -32,12 +32,13 @@ def run(args: argparse.Namespace) -> int:
         "model": meta["model"], "dim": meta["dim"], "index": meta["index"], "scorer": meta["scorer"],
         "lexical_features": meta["lexical_features"],
         "threshold": gate.router.thresholds.global_threshold, "threshold_source": gate.router.thresholds.source,
-        "build_seconds": meta["build_seconds"],
+        "tuning": gate.tuning_status, "build_seconds": meta["build_seconds"],
     }
-    for warning in gate.catalog.warnings:
+    warnings = [*gate.catalog.warnings, *([f"tuning stale: {gate.tuning_problem}"] if gate.tuning_problem else [])]
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print_json({**summary, "warnings": gate.catalog.warnings})
+        print_json({**summary, "warnings": warnings})
     else:
         width = max(map(len, summary))
         for key, value in summary.items():

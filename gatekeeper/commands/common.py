@@ -8,7 +8,7 @@ from pathlib import Path
 
 from gatekeeper.catalog_schema import intent_key
 from gatekeeper.gate import Gate
-from gatekeeper.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, read_labelled
+from gatekeeper.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, Row, read_labelled
 from gatekeeper.progress import build_progress
 
 
@@ -61,9 +61,10 @@ def read_rows(path: str | Path, fmt: str | None = None, text_field: str = "text"
 
 
 def labelled_rows(path: str | Path, fmt: str | None = None, text_field: str = "text",
-                  label_field: str = "label") -> list[tuple[str, str]]:
-    """(text, label) pairs of a labelled file, as :func:`read_rows` reads it."""
-    return [(row.text, row.label) for row in read_rows(path, fmt, text_field, label_field)]
+                  label_field: str = "label") -> list[Row]:
+    """(text, label) pairs of a labelled file, as :func:`read_rows` reads it, with their context when they have one
+    (:meth:`~gatekeeper.labelled_data.LabelledRow.as_row`)."""
+    return [row.as_row() for row in read_rows(path, fmt, text_field, label_field)]
 
 
 def print_warning(message: str) -> None:

@@ -1,4 +1,9 @@
-"""``gatekeeper tune``: calibrate thresholds from labelled traffic with ROC curves."""
+"""``gatekeeper tune``: calibrate thresholds from labelled traffic with ROC curves.
+
+Before writing, it prints what would change (before: the thresholds in force,
+after: the tuned ones, both on the given rows); ``--dry-run`` stops there.
+The previous tuning is kept as ``x.tuning.prev.json``.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,8 @@ import time
 from gatekeeper.cli import add_catalog_argument, catalog_arg
 from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, labelled_rows, load_gate,
                                         oos_labels)
-from gatekeeper.evaluation import score_rows
 from gatekeeper.report import check_report_destination, write_report
-from gatekeeper.tune import Policy, tune
+from gatekeeper.tune import MIN_ROWS, Policy, TunePreview, plan
 from gatekeeper.tuning_file import save_tuning
 
 #: The policy when none is given on the command line (its numbers are the flags' defaults too).
@@ -41,23 +45,32 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--override", action="store_true",
                         help="let tuned per-intent thresholds replace ones written in the catalog")
     parser.add_argument("--report", metavar="DIR", help="write ROC/histogram PNGs and a Markdown+JSON report")
+    parser.add_argument("--min-rows", type=_count, default=MIN_ROWS, metavar="N",
+                        help=f"fewest in-scope and fewest off-topic rows to tune on (default {MIN_ROWS}; lower it "
+                             "only if you know the thresholds will be noisy)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the before/after table and write nothing (no tuning file, no report)")
     parser.set_defaults(handler=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    """Tune, save next to the catalog, print the chosen operating point."""
+    """Tune, print the before/after table, save next to the catalog (the previous tuning kept as .prev)."""
     started = time.perf_counter()
     catalog_path = catalog_arg(args)
-    if args.report:
+    if args.report and not args.dry_run:
         check_report_destination(args.report)
     gate = load_gate(catalog_path)
     rows = labelled_rows(args.data, args.format, args.text_field, args.label_field)
-    scored = score_rows(gate, rows, oos_labels(args), source=args.data)
-    print("fitting calibrator and thresholds ...", file=sys.stderr, flush=True)
-    result = tune(gate, scored, _policy(args), per_intent=args.per_intent, override=args.override)
-    path = save_tuning(catalog_path, result.tuning)
+    tuned = plan(gate, rows, _policy(args), args.per_intent, oos_labels=oos_labels(args), override=args.override,
+                 min_rows=args.min_rows, source=args.data, show_progress=True)
+    print(preview_table(tuned.preview))
+    if args.dry_run:
+        print("dry run: nothing written")
+        return 0
+    for path in save_tuning(catalog_path, tuned.result.tuning, tuned.rows):
+        print(f"saved {path}")
+    result = tuned.result
     chosen = result.chosen
-    print(f"saved {path}")
     print(f"policy {result.tuning.policy['kind']}: threshold {chosen.threshold:.4f}, "
           f"false-reject rate {chosen.false_reject_rate:.1%}, OOS recall {chosen.oos_recall:.1%}")
     if result.tuning.per_intent:
@@ -71,6 +84,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def preview_table(preview: TunePreview) -> str:
+    """The before/after table of a :class:`~gatekeeper.tune.TunePreview`, as printed by ``tune``."""
+    lines = [("", "before", "after")]
+    for label, key, form in (("threshold source", "threshold_source", "{}"),
+                             ("global threshold", "global_threshold", "{:.4f}"),
+                             ("per-intent thresholds", "per_intent_thresholds", "{}"),
+                             ("false-reject rate", "false_reject_rate", "{:.1%}"),
+                             ("off-topic recall", "oos_recall", "{:.1%}"),
+                             ("LLM calls saved / 1,000", "llm_calls_saved_per_1000", "{:.0f}")):
+        lines.append((label, form.format(preview.before[key]), form.format(preview.after[key])))
+    width = max(len(line[0]) for line in lines)
+    table = "\n".join(f"{label:<{width}}  {before:>8}  {after:>8}" for label, before, after in lines)
+    return (f"{table}\non {preview.rows} rows ({preview.in_scope} in scope, {preview.off_topic} off topic); after: "
+            "cross-fitted scores of the refitted calibrator")
+
+
 def _policy(args: argparse.Namespace) -> Policy:
     if args.min_oos_recall is not None:
         return Policy(kind="min_oos_recall", min_oos_recall=args.min_oos_recall)
@@ -81,6 +110,13 @@ def _policy(args: argparse.Namespace) -> Policy:
     if args.max_false_reject is not None:
         return Policy(kind="max_false_reject", max_false_reject=args.max_false_reject)
     return DEFAULT_POLICY
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a row count of 1 or more")
+    return value
 
 
 def _rate(text: str) -> float:

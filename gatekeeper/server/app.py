@@ -75,7 +75,8 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     metrics = Metrics(registry or CollectorRegistry(), mode=settings.mode)
     state = GateState(settings.catalog, metrics, threads=settings.threads, gate=gate)
     batcher = MicroBatcher(settings.batch_max_size, settings.batch_wait_us / 1e6, on_batch=metrics.batch_size.observe,
-                           max_chars=settings.batch_max_chars, max_queued=settings.max_queued_texts)
+                           max_chars=settings.batch_max_chars, max_queued=settings.max_queued_texts,
+                           long_chars=settings.long_text_chars)
     decision_log = (DecisionLog(settings.decision_log, settings.decision_log_sample, settings.decision_log_text,
                                 settings.decision_log_max_bytes, settings.decision_log_backups)
                     if settings.decision_log else None)

@@ -1,18 +1,37 @@
-"""Sampled decision logging to JSON lines, with the message text hashed, left out or kept.
+"""Sampled decision logging to size-rotated JSON-lines files, with the text redacted, kept whole or hashed.
 
-Each row: ``ts`` (ISO 8601 UTC), ``endpoint``, ``mode``, ``action`` (what the
-sidecar did: accepted, rejected, shadow-rejected), the gate's ``accepted``, ``intent``, ``score``, ``threshold``, ``reason``,
-``followup``, ``language``, and the text per ``text_mode``:
+Each row is one JSON object:
 
-* ``keep``: ``"text"`` (the normalised message, as the gate saw it);
-* ``hash``: ``"text_sha256"`` of that text (join logs without storing them);
-* ``redact``: no text at all, only ``"text_chars"``.
+* ``ts`` (ISO 8601 UTC) and ``request_id`` (the ``x-request-id`` of the response);
+* ``catalog``, ``fingerprint`` (catalog + model) and ``tuning`` (the
+  :func:`~gatekeeper.tuning_file.tuning_version` in force, or null): which gate decided;
+* ``endpoint``, ``mode`` (enforce/shadow), ``action`` (the gate's route:
+  forward, reply, handoff or reject) and ``outcome`` (what the sidecar did:
+  accepted, rejected, shadow-rejected);
+* the gate's ``accepted``, ``intent``, ``score``, ``threshold``, ``reason``,
+  ``followup`` and the message's ``language``;
+* ``text_mode``, then the latest message as the gate saw it (normalised) and
+  ``context``, the earlier user turns it was decided with (oldest first),
+  per ``text_mode``:
 
-A request whose encoder call failed (fail-open, fail-closed) has no decision
-and no row; ``gatekeeper_embedding_failures_total`` counts it.
+  * ``redact`` (default): ``text`` and ``context`` with phone, e-mail, ID and
+    card numbers and long digit runs masked (:mod:`gatekeeper.redaction`);
+  * ``full``: ``text`` and ``context`` as they are;
+  * ``hash``: only ``text_sha256`` and ``context_sha256`` (to join logs
+    without storing text). Nothing to review or retune on: ``gatekeeper tune``
+    refuses such rows.
+* ``user``: the sha256 of the request's OpenAI ``user`` field, or null.
 
-Rows with ``text`` are what ``gatekeeper tune`` reads back as unlabelled
-traffic; label them (add ``"label"``) to use them as validation data.
+Rows with ``text`` are what ``gatekeeper tune`` reads back: add a ``label``
+(an intent, or ``oos``) and the row, context included, is scored the way the
+sidecar decided it. A request whose encoder call failed (fail-open,
+fail-closed) has no decision and no row; ``gatekeeper_embedding_failures_total``
+counts it.
+
+The file is rotated by size with the standard library's
+:class:`~logging.handlers.RotatingFileHandler`: at ``max_bytes`` it becomes
+``decisions.jsonl.1`` (the older ones ``.2`` ... up to ``backups``), and a new
+file is started; ``max_bytes=0`` never rotates.
 """
 
 from __future__ import annotations
@@ -21,53 +40,74 @@ import hashlib
 import json
 import logging
 import random
+import sys
 from datetime import datetime, timezone
+from logging.handlers import RotatingFileHandler
 from pathlib import Path
+from typing import Sequence
 
 from gatekeeper.errors import UserError
+from gatekeeper.gate import Gate
+from gatekeeper.redaction import redact
 from gatekeeper.router import Decision
+from gatekeeper.server.request_id import current_request_id
+from gatekeeper.text import normalise
 
 log = logging.getLogger(__name__)
 
 
 class DecisionLog:
-    """Appends a sampled share of decisions to a JSONL file."""
+    """Appends a sampled share of decisions to a size-rotated JSONL file."""
 
-    def __init__(self, path: str | Path, sample: float = 1.0, text_mode: str = "hash",
-                 rng: random.Random | None = None):
+    def __init__(self, path: str | Path, sample: float = 1.0, text_mode: str = "redact", max_bytes: int = 0,
+                 backups: int = 5, rng: random.Random | None = None):
         self.path = Path(path)
         self.sample = sample
         self.text_mode = text_mode
         self._rng = rng or random.Random()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("a", encoding="utf-8", buffering=1)
+            self._handler = _RowHandler(self.path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         except OSError as error:
             raise UserError(f"decision_log {self.path}: cannot append to it ({error.strerror}); "
                             "point decision_log at a writable file") from None
 
-    def write(self, decision: Decision, *, endpoint: str, mode: str, action: str, language: str,
-              followup: bool = False) -> None:
-        """Log one decision if it falls in the sample."""
+    def write(self, gate: Gate, decision: Decision, *, endpoint: str, mode: str, outcome: str, language: str,
+              followup: bool = False, context: Sequence[str] = (), user: object = None) -> None:
+        """Log one decision of ``gate`` if it falls in the sample; ``context`` are the earlier user turns it was
+        decided with, ``user`` the request's OpenAI ``user`` field (logged hashed)."""
         if self.sample < 1.0 and self._rng.random() >= self.sample:
             return
-        row: dict[str, object] = {"ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds")}
-        row.update(self._text_fields(decision.text))
-        row.update(endpoint=endpoint, mode=mode, action=action, accepted=decision.accepted,
-                   intent=decision.intent, score=decision.score, threshold=decision.threshold,
-                   reason=decision.reason, followup=followup, language=language)
-        try:
-            self._file.write(json.dumps(row, ensure_ascii=False) + "\n")
-        except OSError as error:  # a full disk must not fail requests
-            log.warning("decision_log_write_failed", extra={"path": str(self.path), "error": str(error)})
+        turns = [normalise(turn, gate.catalog.defaults.max_chars)[0] for turn in context]
+        row: dict[str, object] = {
+            "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": current_request_id(),
+            "catalog": gate.catalog.name, "fingerprint": gate.artifacts.fingerprint, "tuning": gate.tuning_version,
+            "endpoint": endpoint, "mode": mode, "action": decision.action, "outcome": outcome,
+            "accepted": decision.accepted, "intent": decision.intent, "score": decision.score,
+            "threshold": decision.threshold, "reason": decision.reason, "followup": followup, "language": language,
+            "text_mode": self.text_mode, **self._text_fields(decision.text, turns),
+            "user": _sha256(user) if isinstance(user, str) and user else None,
+        }
+        self._handler.handle(logging.makeLogRecord({"msg": json.dumps(row, ensure_ascii=False)}))
 
     def close(self) -> None:
         """Flush and close the file."""
-        self._file.close()
+        self._handler.close()
 
-    def _text_fields(self, text: str) -> dict[str, object]:
-        if self.text_mode == "keep":
-            return {"text": text}
+    def _text_fields(self, text: str, context: list[str]) -> dict[str, object]:
         if self.text_mode == "hash":
-            return {"text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
-        return {"text_chars": len(text)}
+            return {"text_sha256": _sha256(text), "context_sha256": [_sha256(turn) for turn in context]}
+        if self.text_mode == "redact":
+            return {"text": redact(text), "context": [redact(turn) for turn in context]}
+        return {"text": text, "context": context}
+
+
+class _RowHandler(RotatingFileHandler):
+    """Writes one row per record; a failed write (a full disk) is logged, and must not fail the request."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - the logging module's naming
+        log.warning("decision_log_write_failed", extra={"path": self.baseFilename, "error": repr(sys.exc_info()[1])})
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -135,14 +135,17 @@ class GateService:
     async def decide_texts(self, texts: Sequence[object]) -> list[Decision]:
         """Decide independent messages with one (micro-batched) encoder call.
 
+        Preparing and scoring a batch of long texts takes up to a few hundred
+        milliseconds of CPU: both run in a worker thread, never stalling the
+        event loop (and every other request) for that long.
         Raises :class:`EmbeddingFailure` if the encoder fails.
         """
         gate = self.state.gate
         started = time.perf_counter()
-        prepared, scorable = gate.prepare_many(texts)
+        prepared, scorable = await asyncio.to_thread(gate.prepare_many, texts)
         async with self._deadline():
             vectors = await self._embed(gate, [prepared[i][0] for i in scorable])
-        decisions = gate.decide_prepared(prepared, scorable, vectors)
+        decisions = await asyncio.to_thread(gate.decide_prepared, prepared, scorable, vectors)
         self.metrics.gate_latency.observe(time.perf_counter() - started)
         for text, decision in zip(texts, decisions, strict=True):
             self._record(gate, TurnDecision(decision), "/v1/gate", ACCEPTED if decision.accepted else REJECTED,
