@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -19,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from gatekeeper.catalog_checks import check_catalog, ime_punctuation_problems, text_key
 from gatekeeper.catalog_schema import (Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings,
                                        intent_key)
+from gatekeeper.errors import CatalogError, CatalogProblem
 
 CATALOG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_CATALOG = "intents"
@@ -26,28 +26,6 @@ CATALOG_ENV = "GATEKEEPER_CATALOG"
 #: The built-in packs shipped inside the package.
 PACKS = Path(__file__).parent / "packs"
 CONVERSATION_PACK = PACKS / "conversation.yaml"
-
-
-@dataclass(frozen=True)
-class CatalogProblem:
-    """One thing wrong with a catalog, located precisely enough to fix."""
-
-    file: str
-    line: int
-    field: str
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}"
-        return f"{where}: {self.field}: {self.message}" if self.field else f"{where}: {self.message}"
-
-
-class CatalogError(Exception):
-    """A catalog could not be loaded; ``problems`` lists every reason."""
-
-    def __init__(self, problems: list[CatalogProblem]):
-        self.problems = problems
-        super().__init__("\n".join(str(problem) for problem in problems))
 
 
 def default_catalog_path() -> str:

@@ -1,23 +1,46 @@
-"""The ``gatekeeper`` command line: build, route, import, eval, tune and serve.
+"""The ``gatekeeper`` command line: build, route, import, eval, tune, serve and review.
 
 User mistakes (a bad catalog, a missing file) print a clear message and exit 2,
 never a traceback. A reader that stops early (``gatekeeper eval ... | head``)
-ends the command quietly with exit 0.
+ends the command quietly with exit 0. Only the module of the command being run
+is imported (:data:`COMMANDS`), so ``gatekeeper --help`` loads neither
+scikit-learn nor the model.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
-from gatekeeper.catalog import CatalogError, default_catalog_path
-from gatekeeper.embedders import EmbeddingError
-from gatekeeper.errors import UserError
+from gatekeeper.errors import CatalogError, EmbeddingError, UserError
 
 EXIT_USAGE = 2
+
+
+class CommandSpec(NamedTuple):
+    """A subcommand: the module whose ``register(parser)`` adds its flags and handler, and its one-line help."""
+
+    module: str
+    help: str
+
+
+#: Every subcommand, in the order ``--help`` lists them.
+COMMANDS = {
+    "build": CommandSpec("gatekeeper.commands.build_cmd", "build or refresh the catalog's index"),
+    "route": CommandSpec("gatekeeper.commands.route_cmd", "decide whether messages are in scope"),
+    "import": CommandSpec("gatekeeper.commands.import_cmd",
+                          "make a catalog from a labelled file (JSON lines, CSV, TSV)"),
+    "eval": CommandSpec("gatekeeper.commands.eval_cmd", "measure the gate on labelled JSON lines"),
+    "tune": CommandSpec("gatekeeper.commands.tune_cmd", "pick thresholds from labelled traffic (ROC)"),
+    "serve": CommandSpec("gatekeeper.server.serve_cmd",
+                         "run the HTTP sidecar (OpenAI-compatible gate in front of an LLM)"),
+    "review": CommandSpec("gatekeeper.commands.review_cmd",
+                          "label logged traffic on a local page (saved as tune/eval data)"),
+}
 
 
 Command = Callable[[argparse.Namespace], int]
@@ -31,18 +54,20 @@ def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
 
 def catalog_arg(args: argparse.Namespace) -> str:
     """The catalog path of a parsed command line."""
+    from gatekeeper.catalog import default_catalog_path
+
     return args.catalog or default_catalog_path()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """All subcommands and their flags."""
-    from gatekeeper.commands import build_cmd, eval_cmd, import_cmd, review_cmd, route_cmd, tune_cmd
-    from gatekeeper.server import serve_cmd
-
-    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.splitlines()[0])
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every subcommand listed; the flags only of ``command`` (all of them when None)."""
+    parser = argparse.ArgumentParser(prog="gatekeeper", description=__doc__.splitlines()[0].replace("``", ""))
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in (build_cmd, route_cmd, import_cmd, eval_cmd, tune_cmd, serve_cmd, review_cmd):
-        module.register(sub)
+    for name, spec in COMMANDS.items():
+        if command is None or name == command:
+            importlib.import_module(spec.module).register(sub.add_parser(name, help=spec.help))
+        else:
+            sub.add_parser(name, help=spec.help, add_help=False)
     return parser
 
 
@@ -50,7 +75,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``gatekeeper`` console script."""
     from gatekeeper.logs import configure_logging
 
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # The top-level parser takes no option but --help, so the first word that is not one names the command.
+    command = next((word for word in argv if not word.startswith("-")), None)
+    args = build_parser(command if command in COMMANDS else "").parse_args(argv)
     try:
         configure_logging()
         code = args.handler(args)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from tqdm import tqdm
 
-from gatekeeper.build import ProgressCallback
+if TYPE_CHECKING:
+    from gatekeeper.build import ProgressCallback
 
 #: A catalog of fewer texts than this builds without bars.
 MIN_TEXTS_FOR_BAR = 300

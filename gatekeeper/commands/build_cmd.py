@@ -9,9 +9,8 @@ from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
 from gatekeeper.commands.common import load_gate
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``build`` subcommand."""
-    parser = subparsers.add_parser("build", help="build or refresh the catalog's index")
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``build`` subcommand."""
     add_catalog_argument(parser)
     parser.add_argument("--rebuild", action="store_true", help="rebuild even if the saved index is fresh")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for embedding (default 2)")

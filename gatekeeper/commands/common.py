@@ -5,11 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gatekeeper.catalog_schema import intent_key
-from gatekeeper.gate import Gate
 from gatekeeper.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, Row, read_labelled
 from gatekeeper.progress import build_progress
+
+if TYPE_CHECKING:
+    from gatekeeper.gate import Gate
 
 
 def add_oos_label_argument(parser: argparse.ArgumentParser) -> None:
@@ -40,6 +43,8 @@ def oos_labels(args: argparse.Namespace) -> frozenset[str]:
 
 def load_gate(catalog_path: str, rebuild: bool = False, threads: int = 1) -> Gate:
     """Load a gate, showing a progress bar if the catalog must be embedded."""
+    from gatekeeper.gate import Gate
+
     update, close = build_progress()
     try:
         return Gate.load(catalog_path, progress=update, rebuild=rebuild, threads=threads)

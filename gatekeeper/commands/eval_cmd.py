@@ -54,9 +54,8 @@ THRESHOLD_SOURCES = {
 }
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``eval`` subcommand."""
-    parser = subparsers.add_parser("eval", help="measure the gate on labelled JSON lines")
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``eval`` subcommand."""
     add_catalog_argument(parser)
     parser.add_argument("--data", required=True, metavar="TEST.jsonl", help='rows of {"text": ..., "label": ...}')
     add_data_arguments(parser)

@@ -23,9 +23,8 @@ from gatekeeper.labelled_data import LabelledRow, is_oos_label
 _CONFLICTS_SHOWN = 10
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``import`` subcommand."""
-    parser = subparsers.add_parser("import", help="make a catalog from a labelled file (JSON lines, CSV, TSV)")
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``import`` subcommand."""
     parser.add_argument("data", metavar="DATA", help="labelled rows: .jsonl objects, or .csv/.tsv with a header, "
                                                      "each with a text and a label")
     parser.add_argument("--out", required=True, metavar="CATALOG.yaml", help="catalog file to write")

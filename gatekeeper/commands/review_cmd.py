@@ -20,11 +20,9 @@ from gatekeeper.review.ordering import DEFAULT_NEAR
 DEFAULT_PORT = 8765
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``review`` subcommand."""
-    parser = subparsers.add_parser(
-        "review", help="label logged traffic on a local page (saved as tune/eval data)",
-        description="Serve a page to label the messages of a decision log (or any JSONL with a \"text\" per line), "
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``review`` subcommand."""
+    parser.description = ("Serve a page to label the messages of a decision log (or any JSONL with a \"text\" per line), "
                     "most worth a label first; every label is saved to --labels at once, in the format "
                     "'gatekeeper tune --data' and 'eval --data' read.")
     parser.add_argument("log", metavar="LOG.jsonl",

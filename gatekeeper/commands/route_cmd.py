@@ -13,9 +13,8 @@ from gatekeeper.router import Decision
 STDIN_BATCH = 64
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``route`` subcommand."""
-    parser = subparsers.add_parser("route", help="decide whether messages are in scope")
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``route`` subcommand."""
     add_catalog_argument(parser)
     parser.add_argument("texts", nargs="*", metavar="TEXT", help="messages (default: one per stdin line)")
     parser.add_argument("--json", action="store_true", help="one JSON object per message")

@@ -22,9 +22,8 @@ from gatekeeper.tuning_file import save_tuning
 DEFAULT_POLICY = Policy()
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``tune`` subcommand."""
-    parser = subparsers.add_parser("tune", help="pick thresholds from labelled traffic (ROC)")
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``tune`` subcommand."""
     add_catalog_argument(parser)
     parser.add_argument("--data", required=True, metavar="VALID.jsonl", help='rows of {"text": ..., "label": ...}')
     add_data_arguments(parser)

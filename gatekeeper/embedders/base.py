@@ -8,6 +8,8 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from gatekeeper.errors import EmbeddingError
+
 
 @runtime_checkable
 class Embedder(Protocol):
@@ -25,10 +27,6 @@ class Embedder(Protocol):
         that want an instruction in front of queries.
         """
         ...
-
-
-class EmbeddingError(RuntimeError):
-    """The backend could not produce embeddings (model missing, endpoint down, bad reply)."""
 
 
 def normalise_rows(vectors: np.ndarray) -> np.ndarray:

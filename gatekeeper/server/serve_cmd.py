@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
+import signal
 
 from gatekeeper.catalog import load_catalog
 from gatekeeper.server.config import ServerSettings, add_settings_flags, describe, resolve_settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the ``serve`` subcommand, with a flag for every non-secret setting."""
-    parser = subparsers.add_parser(
-        "serve", help="run the HTTP sidecar (OpenAI-compatible gate in front of an LLM)",
-        description="Settings come from flags > GATEKEEPER_* environment variables > --config file > defaults. "
+def register(parser: argparse.ArgumentParser) -> None:
+    """Add the flags of the ``serve`` subcommand, with a flag for every non-secret setting."""
+    parser.description = ("Settings come from flags > GATEKEEPER_* environment variables > --config file > defaults. "
                     "Secrets (GATEKEEPER_UPSTREAM_API_KEY, GATEKEEPER_ADMIN_TOKEN) only from env or file.")
     add_settings_flags(parser)
     parser.set_defaults(handler=run)
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Print the effective configuration (secrets masked), check the catalog, then serve until stopped."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGHUP means reload: never let one end a starting server
     import uvicorn
 
     from gatekeeper.logs import configure_logging
@@ -41,6 +42,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def uvicorn_options(settings: ServerSettings) -> dict[str, object]:
-    """uvicorn's options: one worker, and keep-alive and graceful shutdown times from the settings."""
+    """uvicorn's options: one worker, keep-alive and graceful shutdown times, and headers due within
+    ``header_timeout_s`` (:class:`HeaderTimeoutProtocol`), all from the settings."""
+    from gatekeeper.server.http_protocol import HeaderTimeoutProtocol
+
     return {"host": settings.host, "port": settings.port, "log_level": settings.log_level, "workers": 1,
-            "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": settings.graceful_shutdown_s}
+            "timeout_keep_alive": settings.keep_alive_s, "timeout_graceful_shutdown": settings.graceful_shutdown_s,
+            "http": functools.partial(HeaderTimeoutProtocol, header_timeout_s=settings.header_timeout_s)}
