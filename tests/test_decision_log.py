@@ -101,6 +101,13 @@ def test_rows_say_which_gate_decided_what_with_which_context(telecom_gate, fake_
         assert rows[1]["text"] == (WITH_PHONE_REDACTED if mode == "redact" else WITH_PHONE.replace("，", ","))
         assert ("13812345678" in path.read_text(encoding="utf-8")) == (mode == "full")
         assert rows[1]["context"] == [] and rows[2]["text"] == OFF_TOPIC
+    # The Responses API passes its OpenAI `user` field on to the decision as chat completions do.
+    answered = httpx.post(f"{sidecar.base_url}/v1/responses", timeout=10, headers={"x-request-id": "req-5"},
+                          json={"model": "m", "input": ON_TOPIC, "user": "customer-43"})
+    assert answered.status_code == 200
+    last = read_rows(path)[-1]
+    assert (last["request_id"], last["endpoint"], last["user"]) == (
+        "req-5", "/v1/responses", hashlib.sha256(b"customer-43").hexdigest())
 
 
 def test_logged_rows_are_labelled_rows_with_their_context(telecom_gate, fake_upstream, start_sidecar, tmp_path):

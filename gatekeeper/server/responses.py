@@ -36,7 +36,7 @@ def responses_router(service: GateService, upstream: Upstream | None, metrics: M
     async def responses(body: ResponsesRequest, request: Request) -> Response:
         """Gate the input; forward to the upstream, or answer with the catalog's canned reply."""
         raw = await request.json()  # forwarded as sent, not as re-serialised by the model
-        outcome = await service.decide_chat(response_messages(raw), endpoint=PATH)
+        outcome = await service.decide_chat(response_messages(raw), endpoint=PATH, user=raw.get("user"))
         headers = gate_headers(outcome)
         if not outcome.blocked:
             return await forward(upstream, metrics, "responses", raw, request.headers, body.stream, headers)
