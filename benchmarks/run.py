@@ -6,7 +6,8 @@ Sections: ``latency`` (in-process decision vs raw encoder), ``http`` (sidecar
 under wrk load at 32/128 clients, micro-batching on/off, serving RSS),
 ``proxy`` (forwarded chat completion vs direct upstream), ``build`` (CLINC150
 cold and warm build), ``index`` (flat vs HNSW at 1k..1M prototypes),
-``memory`` (RSS with the sentence-transformers backend) and ``peer``
+``memory`` (RSS with the sentence-transformers backend), ``cli`` (``gatekeeper
+--help`` and a one-message ``route`` in a fresh process) and ``peer``
 (semantic-router side by side, skipped by ``--quick``). Every server and load
 generator runs on loopback and stops by itself. ``--quick`` takes under three
 minutes on two cores; the full run about 30.
@@ -24,19 +25,20 @@ from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import (peer_semantic_router, perf_build, perf_http, perf_index, perf_latency,  # noqa: E402
-                        perf_memory, perf_proxy)
+from benchmarks import (peer_semantic_router, perf_build, perf_cli, perf_http, perf_index,  # noqa: E402
+                        perf_latency, perf_memory, perf_proxy)
 from benchmarks.perf_common import machine  # noqa: E402
 
 SECTIONS: dict[str, Callable[[Path, bool], dict]] = {
     "latency": perf_latency.run, "http": perf_http.run, "proxy": perf_proxy.run, "build": perf_build.run,
-    "memory": perf_memory.run, "index": perf_index.run, "peer": peer_semantic_router.run,
+    "memory": perf_memory.run, "index": perf_index.run, "peer": peer_semantic_router.run, "cli": perf_cli.run,
 }
 QUICK_SKIPS = {"peer"}
 
 #: key -> (comparison, target); a callable target is computed from the other results.
 TARGETS: dict[str, tuple[str, float | Callable[[dict], float]]] = {
     "gate_over_encoder_p50": ("<=", 1.15),
+    "conversation_over_single_p50": ("<=", 1.3),
     "http_gate_rps_c32": (">=", 1000.0),
     "http_gate_p99_ms_c32": ("<=", 50.0),
     "batching_speedup": (">=", 2.0),
@@ -44,13 +46,16 @@ TARGETS: dict[str, tuple[str, float | Callable[[dict], float]]] = {
     "build_cold_s_15k": ("<=", 15.0),
     "build_warm_s": ("<=", 2.0),
     "serve_rss_mb": ("<=", 400.0),
+    "cli_help_s": ("<=", 0.3),
+    "cli_route_cold_s": ("<=", 2.5),
 }
 
 
-def check_targets(results: dict) -> dict:
-    """Per target key: value, target and whether it is met (keys whose section did not run are left out)."""
+def check_targets(results: dict, targets: dict | None = None) -> dict:
+    """Per target key of ``targets`` (default :data:`TARGETS`): value, target and whether it is met (keys whose
+    section did not run are left out)."""
     checked = {}
-    for key, (op, target) in TARGETS.items():
+    for key, (op, target) in (TARGETS if targets is None else targets).items():
         try:
             bound = target(results) if callable(target) else target
             value = results[key]

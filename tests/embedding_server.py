@@ -2,7 +2,10 @@
 
 It speaks the real wire format over real HTTP. Vectors are derived from a hash
 of each input so equal texts get equal vectors. It records every request and
-can fail or stall its first requests, to exercise retries and timeouts.
+can fail or stall its first requests, to exercise retries and timeouts. Its
+``fault`` can be switched at any time: ``"wrong_dim"`` answers vectors one
+element short, ``"nan"`` vectors of NaN (as the ``NaN`` token Python's JSON
+writes), ``None`` answers well again; so can ``delay_s``.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ class EmbeddingServer:
         self.dim = dim
         self.fail_first = fail_first
         self.delay_s = delay_s
+        self.fault: str | None = None
         self.requests: list[dict] = []
         self.headers: list[dict] = []
         self._lock = threading.Lock()
@@ -48,6 +52,14 @@ class EmbeddingServer:
         values = np.random.default_rng(seed).normal(size=self.dim)
         return values[: dimensions or self.dim].tolist()
 
+    def faulty(self, vector: list[float]) -> list[float]:
+        """``vector`` as the current :attr:`fault` spoils it."""
+        if self.fault == "wrong_dim":
+            return vector[:-1]
+        if self.fault == "nan":
+            return [float("nan")] * len(vector)
+        return vector
+
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         server = self
 
@@ -68,8 +80,8 @@ class EmbeddingServer:
                 if failing:
                     return self._reply(500, {"error": {"message": "injected failure", "type": "server_error"}})
                 inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
-                data = [{"object": "embedding", "index": i, "embedding": server.vector(t, body.get("dimensions"))}
-                        for i, t in enumerate(inputs)]
+                data = [{"object": "embedding", "index": i, "embedding": server.faulty(server.vector(
+                    t, body.get("dimensions")))} for i, t in enumerate(inputs)]
                 # Real servers may return rows out of order; the client must sort by index.
                 self._reply(200, {"object": "list", "data": data[::-1], "model": body["model"],
                                   "usage": {"prompt_tokens": 1, "total_tokens": 1}})

@@ -48,6 +48,7 @@ from prometheus_client import CollectorRegistry
 from gatekeeper.gate import Gate
 from gatekeeper.server.app import create_app
 from gatekeeper.server.config import ServerSettings
+from gatekeeper.server.serve_cmd import uvicorn_options
 
 SLOW_SECONDS = 3.0
 UPSTREAM_MODELS = ("fake-chat", "fake-embed")
@@ -289,17 +290,21 @@ def free_port() -> int:
 
 @pytest.fixture
 def start_sidecar() -> Iterator[Callable[..., RunningSidecar]]:
-    """Factory: ``start_sidecar(gate, **settings)`` serves ``gate`` on a free loopback port until the test ends."""
+    """Factory: ``start_sidecar(gate, **settings)`` serves ``gate`` on a free loopback port until the test ends,
+    with the uvicorn options ``gatekeeper serve`` uses (:func:`uvicorn_options`: timeouts, the HTTP protocol)."""
     running: list[RunningSidecar] = []
 
     def start(gate: Gate | None, **settings: object) -> RunningSidecar:
         settings.setdefault("catalog", gate.catalog_path if gate is not None else "intents")
         registry = CollectorRegistry()
-        app = create_app(ServerSettings(**settings), gate=gate, registry=registry)
+        resolved = ServerSettings(**settings)
+        app = create_app(resolved, gate=gate, registry=registry)
         sock = socket.socket()
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        options = {name: value for name, value in uvicorn_options(resolved).items()
+                   if name not in ("host", "port", "workers", "log_level")}  # the socket is given; quieter logs
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **options))
         thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
         thread.start()
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -2,7 +2,9 @@
 
 Works with OpenAI's text-embedding-3-* and with open models (Qwen3-Embedding,
 bge, e5) served by vLLM, SGLang or TEI. The ``openai`` client supplies timeouts
-and retries with exponential backoff; this module adds batching and checks.
+and retries with exponential backoff; this module adds batching and checks:
+every reply must hold one finite, non-zero vector per text, all of the width
+the first reply had (or ``dimensions``), else :class:`EmbeddingError`.
 """
 
 from __future__ import annotations
@@ -65,7 +67,40 @@ class OpenAIEndpointEmbedder:
             rows = sorted(reply.data, key=lambda item: item.index)
             if len(rows) != len(part):
                 raise EmbeddingError(f"embedding endpoint returned {len(rows)} vectors for {len(part)} texts")
-            chunks.append(np.asarray([row.embedding for row in rows], dtype=np.float32))
-        vectors = normalise_rows(np.concatenate(chunks))
-        self._dim = vectors.shape[1]
-        return vectors
+            chunks.append(checked_vectors([row.embedding for row in rows], self._dim))
+            self._dim = self._dim or chunks[-1].shape[1]  # the first reply fixes the width; every later one must match
+        return normalise_rows(np.concatenate(chunks))
+
+
+#: Vectors shorter than this are taken for zero: they have no direction to compare.
+MIN_NORM = 1e-12
+
+
+def checked_vectors(embeddings: list, dim: int | None) -> np.ndarray:
+    """The reply's ``embeddings`` as a float32 array, if each is a finite, non-zero vector of width ``dim``.
+
+    ``dim`` None accepts any one width. Anything else raises :class:`EmbeddingError`,
+    so the failure policy applies and no bad vector is ever cached or scored.
+    """
+    if not all(isinstance(vector, list) for vector in embeddings):
+        raise EmbeddingError("embedding endpoint returned an embedding that is not a list of numbers")
+    widths = sorted({len(vector) for vector in embeddings})
+    if len(widths) > 1:
+        raise EmbeddingError(f"embedding endpoint returned vectors of different widths ({'/'.join(map(str, widths))} "
+                             "dimensions): the embedding server is faulty; check its logs")
+    if dim is not None and widths[0] != dim:
+        raise EmbeddingError(f"embedding endpoint returned {widths[0]}-dimensional vectors where {dim} were expected "
+                             "(the width the catalog's index was built with): the server now serves another model, "
+                             "or model.dimensions changed; point the catalog's model section at the model it was "
+                             "built with")
+    try:
+        vectors = np.asarray(embeddings, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise EmbeddingError(f"embedding endpoint returned vectors that are not numbers ({error})") from None
+    wide = vectors.astype(np.float64)
+    norms = np.sqrt((wide * wide).sum(axis=1))
+    bad = ~np.isfinite(norms) | (norms < MIN_NORM)
+    if bad.any():
+        raise EmbeddingError(f"embedding endpoint returned {int(bad.sum())} of {len(vectors)} vectors with NaN, "
+                             "infinite or all-zero values: the embedding server is faulty; check its logs")
+    return vectors

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from gatekeeper.embedders.base import Embedder
+from gatekeeper.embedders.base import Embedder, EmbeddingError
 
 #: Query vectors kept by default (512-d float32: 2 KB each, 8 MB in all).
 DEFAULT_SIZE = 4096
@@ -46,6 +46,8 @@ class QueryCachingEmbedder:
         missing = [text for text in dict.fromkeys(texts) if text not in found]
         if missing:
             fresh = self.inner.encode(missing, is_query=True)
+            if len(fresh) != len(missing):  # never cache a vector under another text
+                raise EmbeddingError(f"the encoder returned {len(fresh)} vectors for {len(missing)} texts")
             found.update(zip(missing, fresh))
             with self._lock:  # copies: a row view would keep its whole batch array alive in the cache
                 self._vectors.update(zip(missing, map(np.copy, fresh)))

@@ -1,24 +1,38 @@
-"""Micro-batching: concurrent requests share single encoder calls, run in a worker thread.
+"""Micro-batching: concurrent requests share encoder calls, run in worker threads, taking turns fairly.
 
-Requests queue their texts; one worker task takes them in order and runs the
-encoder in a dedicated single thread (so encoder calls never compete for the
-CPU with each other, and the event loop stays free). Batches form on their own:
+Requests queue their texts; a worker task builds encoder calls from them and
+runs the encoder in a dedicated thread (so the event loop stays free). Batches
+form on their own:
 
 * idle server: the first request goes to the encoder at once, no waiting;
-* under load: everything that queued while the encoder was busy goes in the
-  next call, and, when more than one request was waiting, the worker collects
-  for up to ``max_wait_s`` more (a few hundred microseconds; the event loop's
-  timer resolution is about a millisecond) before calling the encoder.
+* under load: the waiting requests share the next call, and, when more than
+  one request is waiting, the worker collects for up to ``max_wait_s`` more (a
+  few hundred microseconds; the event loop's timer resolution is about a
+  millisecond) before calling the encoder.
 
-So single-request latency is never raised, and throughput under load rises
-with the batch size. A call that fails on one request's input is retried
-request by request, so that request fails alone.
+No request holds the encoder for long. A call takes at most ``max_batch``
+texts and ``max_chars`` characters (always at least one text), taken
+round-robin, one text per waiting request in turn. So a big request is encoded
+in chunks, and a small one that arrives meanwhile is in the very next call:
+it waits about one chunk, not the whole big request.
+
+A text cannot be split, and one of a couple of thousand characters takes the
+encoder ~100 ms. So texts longer than ``long_chars`` go to a second lane, its
+own queue and encoder thread: short messages, nearly all of real traffic,
+never wait behind a long one. With no long texts about, that lane is idle.
+
+The queue is bounded: past ``max_queued`` waiting texts, or past a quarter of
+that for one request, :meth:`MicroBatcher.embed` raises :class:`Overloaded` at
+once. A caller that stops waiting (a deadline, a client gone) leaves the
+queue, so abandoned texts are never encoded. A call that fails on one
+request's input is retried request by request, so that request fails alone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
@@ -30,128 +44,248 @@ from gatekeeper.embedders import Embedder, EmbeddingError
 log = logging.getLogger(__name__)
 
 
-@dataclass
+class Overloaded(Exception):
+    """The encoder queue is full: shed the request (503 with Retry-After), do not wait."""
+
+
+@dataclass(eq=False)  # compared by identity: the same texts may be queued twice
 class _Pending:
+    """One caller's texts in a lane; ``taken`` of them went to the encoder, their vectors are in ``parts``."""
+
     embedder: Embedder
     texts: list[str]
     future: asyncio.Future = field(repr=False)
+    taken: int = 0
+    parts: list[np.ndarray] = field(default_factory=list, repr=False)
+
+    @property
+    def waiting(self) -> int:
+        """Texts not sent to the encoder yet."""
+        return len(self.texts) - self.taken
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """Texts ``start`` to ``start + count`` of one caller, in an encoder call."""
+
+    item: _Pending
+    start: int
+    count: int
+
+    @property
+    def texts(self) -> list[str]:
+        """The texts of the slice."""
+        return self.item.texts[self.start:self.start + self.count]
 
 
 class MicroBatcher:
-    """Batches :meth:`embed` calls of concurrent coroutines into single encoder calls."""
+    """Batches :meth:`embed` calls of concurrent coroutines into fair, bounded encoder calls, in two lanes."""
 
     def __init__(self, max_batch: int = 64, max_wait_s: float = 0.0003,
-                 on_batch: Callable[[int], None] | None = None):
-        self.max_batch = max_batch
-        self.max_wait_s = max_wait_s
-        self._on_batch = on_batch
-        self._queue: asyncio.Queue[_Pending] | None = None
-        self._worker: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gatekeeper-encoder")
+                 on_batch: Callable[[int], None] | None = None, max_chars: int = 1024, max_queued: int = 1024,
+                 long_chars: int = 256):
+        self.max_queued = max_queued
+        #: One request may take a quarter of the queue at most, so a few big ones never crowd out everyone else.
+        self.max_per_request = max(1, max_queued // 4)
+        self.long_chars = long_chars
+        self._short = _Lane("gatekeeper-encoder", max_batch, max_wait_s, max_chars, on_batch)
+        self._long = _Lane("gatekeeper-encoder-long", max_batch, max_wait_s, max_chars, on_batch)
+
+    @property
+    def queued(self) -> int:
+        """Texts waiting for the encoder."""
+        return self._short.queued + self._long.queued
 
     async def embed(self, embedder: Embedder, texts: Sequence[str]) -> np.ndarray:
-        """Embed ``texts`` as queries with ``embedder``, sharing an encoder call with concurrent callers.
+        """Embed ``texts`` as queries with ``embedder``, sharing encoder calls with concurrent callers.
 
-        Raises whatever the encoder raised.
+        Raises :class:`Overloaded` at once when ``texts`` do not fit in the
+        queue, or are more than one request may queue, else whatever the encoder raised.
         """
         if not texts:
             return np.zeros((0, embedder.dim), dtype=np.float32)
+        if len(texts) > self.max_per_request:
+            raise Overloaded(f"this request needs {len(texts)} texts encoded, and one request may queue at most "
+                             f"{self.max_per_request} (a quarter of max_queued_texts={self.max_queued}); send fewer "
+                             "texts or messages")
+        queued = self.queued
+        if queued + len(texts) > self.max_queued:
+            raise Overloaded(f"{queued} texts are already waiting for the encoder (limit max_queued_texts="
+                             f"{self.max_queued}); retry after a moment, or add replicas")
+        long = np.array([len(text) > self.long_chars for text in texts])
+        if long.all() or not long.any():
+            return await (self._long if long[0] else self._short).embed(embedder, list(texts))
+        lanes = [asyncio.ensure_future(lane.embed(embedder, [text for text, chosen in zip(texts, mask) if chosen]))
+                 for lane, mask in ((self._short, ~long), (self._long, long))]
+        try:
+            short, longer = await asyncio.gather(*lanes)
+        except BaseException:  # a failure, or the caller stopped waiting: the other lane stops too
+            for lane in lanes:
+                lane.cancel()
+            raise
+        vectors = np.empty((len(texts), short.shape[1]), dtype=short.dtype)
+        vectors[~long], vectors[long] = short, longer
+        return vectors
+
+    async def close(self) -> None:
+        """Stop the workers and the encoder threads; waiting callers are cancelled."""
+        await self._short.close()
+        await self._long.close()
+
+
+class _Lane:
+    """One encoder thread, its fair queue and the worker that turns the queue into encoder calls."""
+
+    def __init__(self, thread_name: str, max_batch: int, max_wait_s: float, max_chars: int,
+                 on_batch: Callable[[int], None] | None):
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.max_chars = max_chars
+        self.queued = 0
+        self._on_batch = on_batch
+        self._waiting: deque[_Pending] = deque()
+        self._arrived: asyncio.Event | None = None
+        self._worker: asyncio.Task | None = None
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+
+    async def embed(self, embedder: Embedder, texts: list[str]) -> np.ndarray:
+        """Queue ``texts`` (at least one) and wait for their vectors."""
         if self._worker is None:
-            self._queue = asyncio.Queue()
+            self._arrived = asyncio.Event()
             self._worker = asyncio.create_task(self._run(), name="gatekeeper-batcher")
-        future = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Pending(embedder, list(texts), future))
-        return await future
+        pending = _Pending(embedder, texts, asyncio.get_running_loop().create_future())
+        self._waiting.append(pending)
+        self.queued += len(texts)
+        self._arrived.set()
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the caller stopped waiting: its texts leave the queue
+            self._drop(pending)
+            raise
 
     async def close(self) -> None:
         """Stop the worker and the encoder thread; waiting callers are cancelled."""
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
-            while self._queue is not None and not self._queue.empty():
-                self._queue.get_nowait().future.cancel()
             self._worker = None
+        while self._waiting:
+            self._waiting.popleft().future.cancel()
+        self.queued = 0
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def _run(self) -> None:
-        assert self._queue is not None
+        assert self._arrived is not None
         while True:
-            batch = [await self._queue.get()]
-            size = len(batch[0].texts)
-            size = self._take_ready(batch, size)
-            if len(batch) > 1 and self.max_wait_s > 0:
-                size = await self._collect(batch, size)
-            await self._encode(batch)
+            while not self._waiting:
+                self._arrived.clear()
+                await self._arrived.wait()
+            if len(self._waiting) > 1 and self.max_wait_s > 0:
+                await self._collect()
+            await self._encode(self._next_call())
 
-    def _take_ready(self, batch: list[_Pending], size: int) -> int:
-        """Add what is already queued, up to ``max_batch`` texts."""
-        assert self._queue is not None
-        while size < self.max_batch and not self._queue.empty():
-            item = self._queue.get_nowait()
-            batch.append(item)
-            size += len(item.texts)
-        return size
-
-    async def _collect(self, batch: list[_Pending], size: int) -> int:
+    async def _collect(self) -> None:
         """Wait up to ``max_wait_s`` for more requests (only called when there is load)."""
-        assert self._queue is not None
+        assert self._arrived is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
-        while size < self.max_batch:
+        while self.queued < self.max_batch:
             remaining = deadline - loop.time()
             if remaining <= 0:
-                break
+                return
+            self._arrived.clear()
             try:
-                item = await asyncio.wait_for(self._queue.get(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
-                break
-            batch.append(item)
-            size += len(item.texts)
-        return size
+                return
 
-    async def _encode(self, batch: list[_Pending]) -> None:
-        """One encoder call per embedder in the batch (one, except right after a model-changing reload).
+    def _next_call(self) -> list[_Slice]:
+        """The texts of the next encoder call, and rotate the queue.
 
-        If a call for several requests fails on its input (any error but
-        :class:`EmbeddingError`), each request is retried alone, once, so one
-        request's bad text never fails another's. An :class:`EmbeddingError`
-        means the backend itself failed (model missing, endpoint down, bad
-        reply): it goes to every caller at once, since retrying each would only
-        multiply the outage's latency.
+        One text per waiting request in turn (requests of the first one's
+        embedder only: never two models in one call), until the call holds
+        ``max_batch`` texts or the next text would pass ``max_chars``. Requests
+        served go to the back of the queue, so the others go first next time.
         """
-        groups: dict[int, list[_Pending]] = {}
-        for item in batch:
-            groups.setdefault(id(item.embedder), []).append(item)
-        for items in groups.values():
-            error = await self._encode_together(items)
-            if error is None:
-                continue
-            if len(items) == 1 or isinstance(error, EmbeddingError):
-                failures = [(item, error) for item in items]
-            else:
-                log.warning("batch_split", extra={"requests": len(items), "error": type(error).__name__})
-                failures = [(item, await self._encode_together([item])) for item in items]
-            for item, failure in failures:
-                if failure is not None and not item.future.done():
-                    item.future.set_exception(failure)
+        embedder = self._waiting[0].embedder
+        members = [item for item in self._waiting if item.embedder is embedder]
+        counts = dict.fromkeys(members, 0)
+        available = sum(item.waiting for item in members)
+        size = chars = 0
+        full = False
+        while not full and size < available:
+            for item in members:
+                position = item.taken + counts[item]
+                if position == len(item.texts):
+                    continue
+                length = len(item.texts[position])
+                if size == self.max_batch or (size and chars + length > self.max_chars):
+                    full = True
+                    break
+                counts[item] += 1
+                size += 1
+                chars += length
+        call = [_Slice(item, item.taken, count) for item, count in counts.items() if count]
+        for part in call:
+            part.item.taken += part.count
+            self.queued -= part.count
+            self._waiting.remove(part.item)
+            if part.item.waiting:
+                self._waiting.append(part.item)
+        return call
 
-    async def _encode_together(self, items: list[_Pending]) -> Exception | None:
-        """Encode the texts of ``items`` in one call and give each caller its rows; the call's error, or None."""
-        texts = [text for item in items for text in item.texts]
+    def _drop(self, item: _Pending) -> None:
+        """Take ``item`` out of the queue (failed, or its caller stopped waiting)."""
+        if item in self._waiting:
+            self._waiting.remove(item)
+            self.queued -= item.waiting
+        item.taken = len(item.texts)
+
+    async def _encode(self, call: list[_Slice]) -> None:
+        """One encoder call; if it fails on its input, each request's part is retried alone, once.
+
+        So one request's bad text never fails another's. An
+        :class:`EmbeddingError` means the backend itself failed (model missing,
+        endpoint down, bad reply): it goes to every caller in the call at once,
+        since retrying each would only multiply the outage's latency. A failed
+        request leaves the queue.
+        """
+        error = await self._encode_together(call)
+        if error is None:
+            return
+        if len(call) == 1 or isinstance(error, EmbeddingError):
+            failures = [(part, error) for part in call]
+        else:
+            log.warning("batch_split", extra={"requests": len(call), "error": type(error).__name__})
+            failures = [(part, await self._encode_together([part])) for part in call]
+        for part, failure in failures:
+            if failure is not None:
+                self._drop(part.item)
+                if not part.item.future.done():
+                    part.item.future.set_exception(failure)
+
+    async def _encode_together(self, call: list[_Slice]) -> Exception | None:
+        """Encode the slices in one call and hand each caller its rows when all of its texts are done.
+
+        Returns the call's error, or None.
+        """
+        texts = [text for part in call for text in part.texts]
         if self._on_batch:
             self._on_batch(len(texts))
         try:
             vectors = await asyncio.get_running_loop().run_in_executor(
-                self._executor, _encode_queries, items[0].embedder, texts)
+                self._executor, _encode_queries, call[0].item.embedder, texts)
             if len(vectors) != len(texts):
                 raise EmbeddingError(f"the encoder returned {len(vectors)} vectors for {len(texts)} texts")
         except Exception as error:  # the caller applies its failure policy
             return error
-        start = 0
-        for item in items:
-            if not item.future.done():
-                item.future.set_result(vectors[start:start + len(item.texts)])
-            start += len(item.texts)
+        offset = 0
+        for part in call:
+            item = part.item
+            item.parts.append(vectors[offset:offset + part.count])
+            offset += part.count
+            if part.start + part.count == len(item.texts) and not item.future.done():
+                item.future.set_result(item.parts[0] if len(item.parts) == 1 else np.concatenate(item.parts))
         return None
 
 

@@ -28,7 +28,7 @@ MASK = "***"
 
 Mode = Literal["enforce", "shadow"]
 EmbeddingFailurePolicy = Literal["fail_open", "fail_closed"]
-TextLogging = Literal["hash", "redact", "keep"]
+TextLogging = Literal["redact", "full", "hash"]
 
 
 class ServerSettings(BaseModel):
@@ -53,29 +53,53 @@ class ServerSettings(BaseModel):
                                                "after this long; keep it below the upstream server's keep-alive "
                                                "timeout (uvicorn-based servers: 5 s), so a reused connection is "
                                                "never one the upstream is closing")
+    upstream_deadline_s: float = Field(300.0, gt=0, description="the upstream's whole response (headers and body "
+                                       "or stream) must arrive within this long: a trickle past it ends with 504, "
+                                       "or an SSE error event and [DONE]")
     embedding_failure: EmbeddingFailurePolicy = Field("fail_open", description="when the encoder fails: "
                                                       "fail_open forwards, fail_closed sends the canned reply")
+    gate_timeout_s: float = Field(2.0, gt=0, description="longest wait for a decision (encoder queue and calls "
+                                  "included); past it the embedding_failure policy applies (/v1/gate: 503)")
     max_body_bytes: int = Field(1_048_576, gt=0, description="larger request bodies get 413")
+    body_timeout_s: float = Field(15.0, gt=0, description="a request's whole body must arrive within this long "
+                                  "after its headers, else 408 and the connection is closed")
+    max_buffered_body_bytes: int = Field(33_554_432, gt=0, description="request bodies held at once, all requests "
+                                         "together (bytes); past it 503 overloaded with Retry-After. Keep it at "
+                                         "least max_body_bytes")
     threads: int = Field(1, ge=1, description="CPU threads per encoder call")
     batch_max_size: int = Field(64, ge=1, description="most messages per micro-batched encoder call")
     batch_wait_us: int = Field(300, ge=0, description="under load, how long to collect a micro-batch "
                                                       "(microseconds); an idle server never waits")
-    context_turns: int = Field(2, ge=0, description="earlier user turns that may rescue a short follow-up "
+    batch_max_chars: int = Field(1024, ge=1, description="most characters per encoder call (at least one message): "
+                                 "a big request is encoded in chunks, taking turns with the others")
+    long_text_chars: int = Field(256, ge=1, description="messages longer than this are encoded on a second encoder "
+                                 "thread, so short ones never wait behind them")
+    max_queued_texts: int = Field(1024, ge=1, description="messages waiting for the encoder at most, a quarter of "
+                                  "it for one request; past it requests get 503 overloaded with Retry-After")
+    context_turns: int = Field(8, ge=0, description="earlier user turns read for the conversation's topic "
                                                     "(0: gate the latest message alone)")
-    followup_max_tokens: float = Field(12.0, ge=0, description="a follow-up must be at most this many "
-                                                               "estimated tokens")
-    followup_max_similarity: float = Field(0.6, ge=-1, le=1, description="a follow-up must have no catalog "
-                                           "example (in or out of scope) this similar (cosine)")
+    followup_off_topic_similarity: float = Field(0.40, ge=-1, le=1, description="a message in an on-topic "
+                                                 "conversation is off topic when an out-of-scope example is "
+                                                 "this similar (cosine) and the head agrees")
+    followup_answer_similarity: float = Field(0.64, ge=-1, le=1, description="the same after a question of "
+                                              "the bot (an answer may resemble an off-topic message)")
     decision_log: str | None = Field(None, description="append sampled decisions to this JSONL file")
     decision_log_sample: float = Field(1.0, ge=0, le=1, description="share of decisions logged")
-    decision_log_text: TextLogging = Field("hash", description="message text in the decision log: "
-                                                               "hash (sha256), redact (left out) or keep")
+    decision_log_text: TextLogging = Field("redact", description="message text in the decision log: redact "
+                                           "(phone, e-mail, ID and card numbers masked), full, or hash (sha256 "
+                                           "only: nothing to review or retune on)")
+    decision_log_max_bytes: int = Field(104_857_600, ge=0, description="rotate the decision log when it reaches "
+                                        "this size (bytes; 0: never rotate)")
+    decision_log_backups: int = Field(5, ge=1, description="rotated decision logs kept (decisions.jsonl.1 ...)")
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload "
                                                             "(env or file only; unset: endpoint disabled)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
     keep_alive_s: int = Field(10, ge=1, description="idle client connections are kept this long (uvicorn "
                                                     "timeout_keep_alive); keep it above the callers' and load "
                                                     "balancer's idle expiry (httpx and the openai client: 5 s)")
+    header_timeout_s: float = Field(10.0, gt=0, description="a client must send a request's headers within this "
+                                    "long (from connecting, or from the first byte of its next request), else the "
+                                    "connection is closed")
     graceful_shutdown_s: int = Field(25, ge=0, description="on SIGTERM, how long requests and streams in flight "
                                                            "may finish before they are cut; keep it below the "
                                                            "orchestrator's grace period (Kubernetes: 30 s)")
@@ -93,6 +117,8 @@ def env_name(field: str) -> str:
 
 #: How to configure an upstream, for the errors of requests that need one.
 UPSTREAM_HINT = f"start with --upstream-base-url URL or set {env_name('upstream_base_url')}"
+#: Seconds a client should wait before retrying a request shed under overload (the ``Retry-After`` header).
+RETRY_AFTER_S = 1
 
 
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:

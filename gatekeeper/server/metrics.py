@@ -7,7 +7,7 @@ catalog (or "none"), reasons and statuses from fixed sets.
 
 from __future__ import annotations
 
-from typing import get_args
+from typing import Iterable, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -67,6 +67,9 @@ class Metrics:
         self.catalog_info = Gauge("gatekeeper_catalog_info", "The catalog being served",
                                   ["catalog", "fingerprint", "model", "intents"], registry=registry)
         self.reloads = Counter("gatekeeper_reloads_total", "Catalog reloads", ["result"], registry=registry)
+        self.tuning_stale = Gauge("gatekeeper_tuning_stale", "1 when the catalog changed since 'gatekeeper tune' "
+                                  "and its thresholds could not be re-derived (auto thresholds in force)",
+                                  registry=registry)
         self.in_flight = Gauge("gatekeeper_in_flight_requests", "Requests being handled", registry=registry)
         self.embedding_failures = Counter("gatekeeper_embedding_failures_total",
                                           "Encoder failures, by the policy applied", ["policy"], registry=registry)
@@ -94,6 +97,14 @@ class Metrics:
         """Replace the catalog info series with the one now served."""
         self.catalog_info.clear()
         self.catalog_info.labels(catalog=catalog, fingerprint=fingerprint, model=model, intents=str(intents)).set(1)
+
+    def keep_intents(self, intents: Iterable[str]) -> None:
+        """Drop the ``decisions_total`` series of intents not in ``intents`` (a reload removed them); ``none`` stays."""
+        kept = {*intents, "none"}
+        for metric in self.decisions.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_total") and sample.labels["intent"] not in kept:
+                    self.decisions.remove(sample.labels["decision"], sample.labels["intent"], sample.labels["mode"])
 
     def render(self) -> bytes:
         """The registry in Prometheus text format."""

@@ -1,15 +1,17 @@
-"""ASGI middleware: the last-resort error guard, request counting, the body size limit, and strict JSON bodies."""
+"""ASGI middleware: the last-resort error guard, request counting, bounded body reading, and strict JSON bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import re
-from typing import Iterator
+from typing import Callable, Iterator
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gatekeeper.server.config import RETRY_AFTER_S
 from gatekeeper.server.metrics import Metrics
 from gatekeeper.server.schemas import error_body
 
@@ -17,9 +19,13 @@ log = logging.getLogger(__name__)
 
 #: Endpoints counted in ``gatekeeper_requests_total`` and the in-flight gauge (a bounded label set), whose
 #: JSON bodies are checked by :class:`StrictJsonMiddleware`.
-API_ENDPOINTS = ("/v1/chat/completions", "/v1/gate")
+API_ENDPOINTS = ("/v1/chat/completions", "/v1/responses", "/v1/gate")
 #: A UTF-16 surrogate code point: in a Python string only from an unpaired ``\uD800``-``\uDFFF`` JSON escape.
 _SURROGATE = re.compile("[\ud800-\udfff]")
+#: The status a request is counted with when its client disconnected before the response (nginx's convention).
+CLIENT_CLOSED = 499
+#: Bodies longer than this are checked in a worker thread (a 1 MB body takes a few milliseconds).
+BIG_BODY_BYTES = 65_536
 
 
 class ErrorGuardMiddleware:
@@ -90,27 +96,121 @@ class RequestMetricsMiddleware:
             self.metrics.requests.labels(endpoint=scope["path"], status=status).inc()
 
 
-class BodyLimitMiddleware:
-    """Answers 413 (OpenAI error format) to request bodies over ``max_bytes``, declared or streamed."""
+class _Refused(Exception):
+    """A request refused while its body was read: what to answer (the connection is closed after it)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, status: int, body: dict, headers: dict[str, str] | None = None):
+        super().__init__(body["error"]["message"])
+        self.status = status
+        self.body = body
+        self.headers = headers or {}
+
+
+class BodyLimitMiddleware:
+    """Reads each request's whole body, within bounds, before the app runs; then runs it while the client stays.
+
+    The bounds, each answered OpenAI-style, then the connection is closed:
+
+    * a body over ``max_bytes``, declared or streamed: 413 ``request_too_large``;
+    * a body not complete ``timeout_s`` after its headers: 408 ``request_timeout``
+      (a slow or stalled client holds no connection and no buffer for long);
+    * all requests' bodies together over ``budget_bytes`` (a body is held until
+      its request ends): 503 ``overloaded`` with ``Retry-After``.
+
+    With the whole body read, the only message left to receive is the client's
+    disconnect. If it comes before the response has started, the app is
+    cancelled, so nothing keeps working for a caller that is gone (an upstream
+    call, a decision waiting for the encoder), and the request is counted with
+    status 499 (the client closed it).
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, budget_bytes: int):
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.budget_bytes = budget_bytes
+        #: Bytes of request bodies held now, all requests together.
+        self.held = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = dict(scope["headers"]).get(b"content-length")
-        messages = None
-        if declared is None or not declared.isdigit() or int(declared) <= self.max_bytes:
-            messages = await _read_body(receive, self.max_bytes)
-        if messages is None:
-            await _send_json(send, 413, error_body(
-                f"the request body is larger than the limit of {self.max_bytes} bytes (setting max_body_bytes)",
-                "invalid_request_error", "request_too_large"))
+        received = reserved = 0
+
+        def take(size: int) -> None:
+            nonlocal received, reserved
+            received += size
+            if received > self.max_bytes:
+                raise self._too_large()
+            if self.held + size > self.budget_bytes:
+                raise self._overloaded()
+            self.held += size
+            reserved += size
+
+        try:
+            try:
+                messages = await self._read(scope, receive, take)
+            except _Refused as refusal:
+                await _send_json(send, refusal.status, refusal.body, {**refusal.headers, "connection": "close"})
+                return
+            await self._run(scope, messages, receive, send)
+        finally:
+            self.held -= reserved
+
+    async def _read(self, scope: Scope, receive: Receive, take: Callable[[int], None]) -> list[Message]:
+        """The body's messages; raises :class:`_Refused` past a bound."""
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            raise self._too_large()
+        if declared.isdigit() and self.held + int(declared) > self.budget_bytes:
+            raise self._overloaded()
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                return await _read_body(receive, take)
+        except TimeoutError:
+            log.info("body_timeout", extra={"path": scope["path"], "timeout_s": self.timeout_s})
+            raise _Refused(408, error_body(
+                f"the request body did not arrive within {self.timeout_s:g}s of its headers (setting "
+                "body_timeout_s); send the whole body at once", "invalid_request_error", "request_timeout")) from None
+
+    async def _run(self, scope: Scope, messages: list[Message], receive: Receive, send: Send) -> None:
+        """Run the app; cancel it if the client disconnects before the response starts."""
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        app = asyncio.ensure_future(self.app(scope, _replay(messages, receive), tracking_send))
+        gone = asyncio.ensure_future(receive())  # the body is read: only a disconnect (or the response's end) is left
+        try:
+            await asyncio.wait((app, gone), return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:  # the server is cutting this request: the app with it
+            app.cancel()
+            raise
+        finally:
+            gone.cancel()
+        if not app.done() and not started:  # the client left first
+            app.cancel()
+            await asyncio.gather(app, return_exceptions=True)
+            log.info("client_disconnected", extra={"path": scope["path"]})
+            await send({"type": "http.response.start", "status": CLIENT_CLOSED, "headers": []})
             return
-        await self.app(scope, _replay(messages, receive), send)
+        await app  # done, or its response is under way (a stream notices a disconnect itself)
+
+    def _too_large(self) -> _Refused:
+        return _Refused(413, error_body(
+            f"the request body is larger than the limit of {self.max_bytes} bytes (setting max_body_bytes)",
+            "invalid_request_error", "request_too_large"))
+
+    def _overloaded(self) -> _Refused:
+        log.warning("request_shed", extra={"reason": "body_budget", "held_bytes": self.held})
+        return _Refused(503, error_body(
+            f"the sidecar holds {self.held} bytes of request bodies, near its limit of {self.budget_bytes} "
+            "(setting max_buffered_body_bytes); retry after a moment", "service_unavailable", "overloaded"),
+            {"retry-after": str(RETRY_AFTER_S)})
 
 
 class StrictJsonMiddleware:
@@ -132,7 +232,9 @@ class StrictJsonMiddleware:
             await self.app(scope, receive, send)
             return
         messages = await _read_body(receive)
-        problem = json_problem(b"".join(message.get("body", b"") for message in messages))
+        body = b"".join(message.get("body", b"") for message in messages)
+        # Parsing a big body takes milliseconds: in a worker thread, so other requests are not held up meanwhile.
+        problem = await asyncio.to_thread(json_problem, body) if len(body) > BIG_BODY_BYTES else json_problem(body)
         if problem is not None:
             await _send_json(send, 400, problem)
             return
@@ -177,18 +279,16 @@ def _walk(document: object) -> Iterator[tuple[list[str], object, bool]]:
             yield path, value, False
 
 
-async def _read_body(receive: Receive, max_bytes: int | None = None) -> list[Message] | None:
-    """The request's messages up to the end of its body; None as soon as the body exceeds ``max_bytes``."""
+async def _read_body(receive: Receive, take: Callable[[int], None] | None = None) -> list[Message]:
+    """The request's messages up to the end of its body; ``take`` is called with each chunk's size, and may raise."""
     messages: list[Message] = []
-    size = 0
     while True:
         message = await receive()
         messages.append(message)
         if message["type"] != "http.request":
             return messages
-        size += len(message.get("body", b""))
-        if max_bytes is not None and size > max_bytes:
-            return None
+        if take is not None:
+            take(len(message.get("body", b"")))
         if not message.get("more_body", False):
             return messages
 
@@ -201,9 +301,11 @@ def _replay(messages: list[Message], receive: Receive) -> Receive:
     return replay
 
 
-async def _send_json(send: Send, status: int, body: dict) -> None:
-    """A complete JSON response (ASCII-escaped, so any text in ``body`` encodes)."""
+async def _send_json(send: Send, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+    """A complete JSON response (ASCII-escaped, so any text in ``body`` encodes), with extra ``headers``."""
     data = json.dumps(body).encode()
+    extra = [(name.encode(), value.encode()) for name, value in (headers or {}).items()]
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]})
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            *extra]})
     await send({"type": "http.response.body", "body": data})

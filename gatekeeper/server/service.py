@@ -78,8 +78,9 @@ class GateService:
         self.metrics = metrics
         self.batcher = batcher
         self.decision_log = decision_log
-        self.policy = FollowupPolicy(settings.context_turns, settings.followup_max_tokens,
-                                     settings.followup_max_similarity)
+        self.policy = FollowupPolicy(context_turns=settings.context_turns,
+                                     off_topic_similarity=settings.followup_off_topic_similarity,
+                                     answer_similarity=settings.followup_answer_similarity)
 
     async def decide_chat(self, messages: Sequence[Mapping], endpoint: str = "/v1/chat/completions",
                           user: object = None) -> ChatOutcome:
@@ -157,7 +158,7 @@ class GateService:
         try:
             async with self._deadline():
                 return await decide_turn(gate, lambda batch: self._embed(gate, batch), texts.latest, texts.previous,
-                                         self.policy, texts.others)
+                                         self.policy, texts.others, texts.replies)
         finally:
             self.metrics.gate_latency.observe(time.perf_counter() - started)
 

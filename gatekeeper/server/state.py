@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from gatekeeper.catalog import load_catalog
-from gatekeeper.gate import Gate
+from gatekeeper.embedders import EmbeddingError
+from gatekeeper.gate import TUNING_STALE, Gate
 from gatekeeper.server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -96,8 +97,14 @@ class GateState:
         catalog = load_catalog(self.catalog_path)
         reuse = current.embedder if current is not None and current.catalog.model == catalog.model else None
         gate = Gate.load(self.catalog_path, embedder=reuse, threads=self.threads, catalog=catalog)
-        if reuse is None:
-            gate.embed([WARM_UP_TEXT])  # a lazily loaded model's first call is slow: not a user's
+        if reuse is None:  # a lazily loaded model's first call is slow: not a user's; and its vectors must fit
+            width = gate.embed([WARM_UP_TEXT]).shape[1]
+            built = gate.artifacts.meta.get("dim", width)
+            if width != built:
+                raise EmbeddingError(f"the embedding model returns {width}-dimensional vectors, but the catalog's "
+                                     f"index was built with {built}-dimensional ones: point the catalog's model "
+                                     "section at the model it was built with, or rebuild the index (gatekeeper "
+                                     "build --rebuild)")
         return gate, reuse is not None
 
     def _install(self, gate: Gate) -> None:
@@ -105,3 +112,5 @@ class GateState:
         self.metrics.set_catalog(catalog=gate.catalog.name, fingerprint=gate.artifacts.fingerprint,
                                  model=str(gate.artifacts.meta.get("model", gate.embedder.fingerprint)),
                                  intents=len(gate.catalog.intents))
+        self.metrics.keep_intents(gate.catalog.intent_names())
+        self.metrics.tuning_stale.set(gate.tuning_status == TUNING_STALE)

@@ -236,7 +236,8 @@ async def relay(response: UpstreamResponse, on_error: Callable[[UpstreamError], 
         log.warning("upstream_stream_failed", extra={"status": failure.status, "error": type(error).__name__})
         if not response.is_event_stream:
             raise failure from None
-        yield f"data: {json.dumps(failure.body, ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
+        # A blank line first ends an event the upstream left half-sent, so the error event stands on its own.
+        yield f"\n\ndata: {json.dumps(failure.body, ensure_ascii=False)}\n\ndata: [DONE]\n\n".encode()
     finally:
         await response.raw.aclose()
 
