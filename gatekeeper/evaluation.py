@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import sys
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Sequence
 
 import numpy as np
@@ -16,10 +16,11 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from gatekeeper.catalog_schema import intent_key
-from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn
+from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, rejected_in_context
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.labelled_data import Row
+from gatekeeper.offtopic import vetoed_scores
 from gatekeeper.scoring import ScoreBatch
 
 #: Texts embedded per encoder call while scoring a file.
@@ -48,6 +49,9 @@ class ScoredSet:
     #: Catalog intent id of each in-scope row (-1 for out-of-scope rows or unknown labels).
     true_intent: np.ndarray
     batch: ScoreBatch
+    #: True for rows with context that the conversation rule rejected although their scored text passes alone
+    #: (:func:`~gatekeeper.conversation.rejected_in_context`; their scores are already lowered, as the sidecar decides).
+    vetoed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
     def predicted_intent(self) -> np.ndarray:
@@ -80,23 +84,30 @@ def score_rows(gate: Gate, rows: Sequence[Row], oos_labels: set[str], show_progr
     _check_labels([row[1] for row in rows], names, oos_keys, gate.catalog.intent_names(), source)
     kept: list[tuple[str, str]] = []
     texts: list[str] = []
+    vetoed: list[bool] = []
     for text, label, *context in rows:
-        clean = _decide_in_context(gate, text, context[0]).scored_text if context else gate.prepare(text)[0]
+        turn = _decide_in_context(gate, text, context[0]) if context else None
+        clean = turn.scored_text if turn is not None else gate.prepare(text)[0]
         if clean:
             kept.append((text, label))
             texts.append(clean)
+            vetoed.append(turn is not None and rejected_in_context(turn))
     if not kept:
         raise UserError(f"{source}: no scorable rows: every text is empty")
-    vectors = []
+    parts = []
     with tqdm(total=len(texts), desc="scoring", unit="text", file=sys.stderr,
               disable=None if show_progress and len(texts) > EMBED_BATCH else True) as bar:
         for start in range(0, len(texts), EMBED_BATCH):
-            vectors.append(gate.embed(texts[start:start + EMBED_BATCH]))
+            parts.append(gate.embed(texts[start:start + EMBED_BATCH]))
             bar.update(min(EMBED_BATCH, len(texts) - start))
-    batch = gate.router.scorer.score(np.concatenate(vectors), texts)
+    vectors = np.concatenate(parts)
+    batch = gate.router.scorer.score(vectors, texts)
+    if any(vetoed):  # rejected by the conversation rule although the text alone passes: as the sidecar decided
+        batch = replace(batch, score=vetoed_scores(batch.score, np.array(vetoed)))
     in_scope = np.array([intent_key(label) not in oos_keys for _, label in kept])
     true_intent = np.array([names[intent_key(label)] if inside else -1 for (_, label), inside in zip(kept, in_scope)])
-    return ScoredSet(texts=texts, rows=kept, in_scope=in_scope, true_intent=true_intent, batch=batch)
+    return ScoredSet(texts=texts, rows=kept, in_scope=in_scope, true_intent=true_intent, batch=batch,
+                     vetoed=np.array(vetoed, dtype=bool))
 
 
 def _decide_in_context(gate: Gate, text: str, context: Sequence[str]) -> TurnDecision:

@@ -24,6 +24,7 @@ from gatekeeper.errors import UserError
 from gatekeeper.evaluation import ScoredSet, accepted_mask, metrics, score_rows
 from gatekeeper.gate import TUNING_REDERIVED, TUNING_STALE, Gate
 from gatekeeper.labelled_data import OOS_LABEL, Row
+from gatekeeper.offtopic import vetoed_scores
 from gatekeeper.router import Thresholds
 from gatekeeper.scoring import HeadScorer
 from gatekeeper.thresholds import (OperatingPoint, operating_points, pick_max_false_reject, pick_min_cost,
@@ -85,6 +86,8 @@ def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, overri
     scores = scored.scores
     if isinstance(scorer, HeadScorer):
         scores = _cross_fitted_scores(scorer, scored.batch.features, inside)
+        if len(scored.vetoed) == len(scores):  # rows the conversation rule rejected, as score_rows lowered them
+            scores = vetoed_scores(scores, scored.vetoed)
         calibrator = scorer.refit_calibrator(scored.batch.features, inside).calibrator()
     points = operating_points(scores[inside], scores[~inside])
     chosen = policy.pick(points, oos_share=float((~inside).mean()))

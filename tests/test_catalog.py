@@ -53,15 +53,16 @@ def test_good_catalog_loads(catalog_dir):
 def test_bundled_catalogs_load_alone_and_merged():
     telecom = load_catalog(INTENTS / "telecom_zh.yaml")
     banking = load_catalog(INTENTS / "banking_en.yaml")
+    ecommerce = load_catalog(INTENTS / "ecommerce_zh.yaml")
     merged = load_catalog(INTENTS)
-    own = [intent for catalog in (telecom, banking) for intent in catalog.intents
+    own = [intent for catalog in (telecom, banking, ecommerce) for intent in catalog.intents
            if intent.name not in catalog.pack_intents]
     # The telecom catalog's own human_agent replaces the pack's: the merge has the pack's intents once.
     assert len(merged.intents) == len(own) + len(merged.pack_intents)
     assert "human_agent" in banking.pack_intents
     assert "human_agent" not in telecom.pack_intents and "human_agent" not in merged.pack_intents
     assert all(len(intent.examples) >= 15 and intent.description for intent in own)
-    assert not telecom.warnings and not banking.warnings
+    assert not telecom.warnings and not banking.warnings and not ecommerce.warnings
     # Each file's defaults stay with its own intents.
     by_name = {intent.name: intent for intent in merged.intents}
     assert "星河" in by_name["bill_inquiry"].reject_reply["zh"]

@@ -213,7 +213,7 @@ def test_rows_with_context_are_scored_the_way_the_sidecar_decided_them(shop, use
     rows = labelled_rows(write_jsonl(tmp_path / "labelled.jsonl", [{**logged, "label": "查物流"}]))
     assert rows == [(FOLLOW_UP, "查物流", (SHOP_EARLIER,))]
     scored = score_rows(gate, rows, {"oos"}, show_progress=False)
-    assert scored.texts == [f"{SHOP_EARLIER} {FOLLOW_UP}"]  # the joined text decided, so its score is the one used
+    assert scored.texts == [SHOP_EARLIER]  # the turn that set the topic decided (issue #14): its score is the one used
     assert float(scored.scores[0]) == pytest.approx(float(response.headers["x-gatekeeper-score"]), abs=1e-3)
     assert score_rows(gate, [rows[0][:2]], {"oos"}, show_progress=False).texts == [FOLLOW_UP]
     # With the conversation pack, "那另一个呢?" is a continuation: it takes the decision of its context.
