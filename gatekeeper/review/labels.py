@@ -37,7 +37,7 @@ from typing import Iterable, Sequence
 from gatekeeper.catalog_schema import intent_key, normalise_intent_name
 from gatekeeper.errors import UserError
 from gatekeeper.labelled_data import OOS_LABEL
-from gatekeeper.review.ordering import ReviewItem, message_key
+from gatekeeper.review.ordering import ReviewItem, message_key, parse_json_line
 
 #: The label of a message looked at and left for later (never written to the label file).
 SKIP = "skip"
@@ -216,16 +216,8 @@ def _jsonl_rows(path: Path) -> Iterable[tuple[int, dict]]:
     except OSError as error:
         raise UserError(f"{path}: cannot read the file ({error.strerror})") from None
     for number, line in enumerate(text.split("\n"), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            raise UserError(f"{path}:{number}: not valid JSON ({error.msg} at column {error.colno}); fix or delete "
-                            "the line") from None
-        if not isinstance(row, dict):
-            raise UserError(f"{path}:{number}: expected a JSON object; fix or delete the line")
-        yield number, row
+        if line.strip():
+            yield number, parse_json_line(path, number, line)
 
 
 def _context(row: dict, where: str) -> list[str]:

@@ -140,7 +140,7 @@ def read_messages(path: str | Path) -> LogMessages:
     for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): JSON strings may hold U+2028
         if not line.strip():
             continue
-        row = _json_object(path, number, line)
+        row = parse_json_line(path, number, line)
         message = row.get("text")
         if message is None:
             no_text.append(number)
@@ -169,7 +169,8 @@ def read_messages(path: str | Path) -> LogMessages:
     return LogMessages(list(by_key.values()), warnings)
 
 
-def _json_object(path: Path, number: int, line: str) -> dict:
+def parse_json_line(path: Path, number: int, line: str) -> dict:
+    """Line ``number`` of the JSONL file ``path`` as an object; a :class:`UserError` naming file and line if not."""
     where = f"{path}:{number}"
     try:
         row = json.loads(line)
