@@ -71,26 +71,12 @@ def load_gates(names, embedder=None) -> dict:
     from gatekeeper.gate import Gate
 
     embedder = embedder or UseMultilingualEmbedder(threads=1)
-    return {name: Gate.load(catalog_path(name), embedder=embedder) for name in sorted(set(names))}
+    return {name: Gate(embedder=embedder).fit(catalog_path(name)) for name in sorted(set(names))}
 
 
 def decide_conversation(gate, messages: list[dict], policy=None):
     """The sidecar's decision on a conversation's latest user message (a :class:`TurnDecision`)."""
-    from gatekeeper.conversation import FollowupPolicy, decide_turn, gated_texts
-
-    texts = gated_texts(messages)
-
-    async def embed(batch):
-        return gate.embed(batch)
-
-    steps = decide_turn(gate, embed, texts.latest, texts.previous, policy or FollowupPolicy(), texts.others,
-                        texts.replies)
-    try:  # the embedder never waits: run the coroutine to its end without an event loop, as the sidecar's is
-        steps.send(None)
-    except StopIteration as finished:
-        return finished.value
-    steps.close()
-    raise RuntimeError("decide_turn waited on something other than its embedder")
+    return gate.decide_conversation(messages, policy)
 
 
 def latest_user_text(messages: list[dict]) -> str:
@@ -178,24 +164,19 @@ def measure_cost(gate, conversations: list[dict], rounds: int = 3) -> dict:
     (no LRU); every round adds a suffix to the latest messages, so the encoder
     always runs for them.
     """
-    from dataclasses import replace
-
     from gatekeeper import conversation_model
     from gatekeeper.embedders.query_cache import QueryCachingEmbedder
-    from gatekeeper.router import Router
 
-    backend = gate.embedder.inner if isinstance(gate.embedder, QueryCachingEmbedder) else gate.embedder
-    single = replace(gate, embedder=backend)
+    backend = gate.embedder_.inner if isinstance(gate.embedder_, QueryCachingEmbedder) else gate.embedder_
+    single = gate.with_embedder(backend)
     timings: dict[str, list[float]] = {"single": [], "conversation_cold": [], "conversation_warm": []}
     cpu_timings: dict[str, list[float]] = {name: [] for name in timings}
     second_calls = 0
     for round_ in range(rounds):
         salt = f" {round_}" if round_ else ""  # new texts each round: the encoder always runs for the latest one
-        router = gate.router
         counted = _Counting(backend)
-        warm = replace(gate, embedder=QueryCachingEmbedder(counted),
-                       router=Router(router.catalog, router.scorer, router.thresholds))
-        cold = replace(gate, embedder=backend, router=Router(router.catalog, router.scorer, router.thresholds))
+        warm = gate.with_embedder(QueryCachingEmbedder(counted))  # each copy has a fresh router: no shared caches
+        cold = gate.with_embedder(backend)
         for conversation in conversations:
             messages = [dict(m) for m in conversation["messages"]]
             users = [i for i, message in enumerate(messages) if message["role"] == "user"]
@@ -208,7 +189,7 @@ def measure_cost(gate, conversations: list[dict], rounds: int = 3) -> dict:
                               ("conversation_cold", lambda: decide_conversation(cold, messages)),
                               ("conversation_warm", lambda: decide_conversation(warm, messages))):
                 if name == "conversation_cold":
-                    conversation_model._EVIDENCE.pop(cold.router, None)
+                    conversation_model._EVIDENCE.pop(cold.router_, None)
                 started, cpu = time.perf_counter(), time.thread_time()
                 run()
                 timings[name].append(time.perf_counter() - started)

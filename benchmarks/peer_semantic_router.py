@@ -149,7 +149,7 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
     # latency per query, one message at a time, single-threaded encoders
     texts = [t for t, _ in test][:LATENCY_QUERIES]
     single = UseMultilingualEmbedder(threads=1)
-    gate = Gate.load(path, embedder=single)
+    gate = Gate(embedder=single).fit(path)
     router.encoder = UseEncoder(single.encode)
     vectors = gate.embed(texts)
     table = dict(zip(texts, vectors))
@@ -159,7 +159,7 @@ def run(work: Path, quick: bool, limit: int | None = None) -> dict:
     results["ours_route_ms_with_encoder"] = _median_ms(gate.decide, texts)
     results["peer_route_ms_with_encoder"] = _median_ms(router, texts)
     results["ours_route_ms_without_encoder"] = _median_ms(
-        lambda i: gate.router.decide_vectors([texts[i]], vectors[i:i + 1], [False]), list(range(len(texts))))
+        lambda i: gate.router_.decide_vectors([texts[i]], vectors[i:i + 1], [False]), list(range(len(texts))))
     router.encoder = UseEncoder(lambda docs: np.stack([table[d] for d in docs]))
     results["peer_route_ms_without_encoder"] = _median_ms(router, texts)
     return results

@@ -51,13 +51,13 @@ def run(work: Path, quick: bool) -> dict:
     _cli("import", str(DATA / "clinc150" / "train.jsonl"), "--out", str(catalog), "--force", env=env)
     cold, cold_wall = _build(catalog, env)
     os.environ["GATEKEEPER_STATE_DIR"] = env["GATEKEEPER_STATE_DIR"]
-    gate = Gate.load(catalog, threads=2)  # fresh: loads what the CLI built
+    gate = Gate(threads=2).fit(catalog)  # fresh: loads what the CLI built
     gate.embed(["load the model's weights"])
     _edit_one_intent(catalog, 0, "one more way to ask for this, added for the warm build")
-    warm = Gate.load(catalog, embedder=gate.embedder, threads=2)
+    warm = Gate(embedder=gate.embedder_, threads=2).fit(catalog)
     _edit_one_intent(catalog, 1, "and another one, added for the warm build from the command line")
     warm_cli, warm_cli_wall = _build(catalog, env)
     return {"build_examples": cold["examples"] + cold["out_of_scope"], "build_cold_s_15k": cold["build_seconds"],
-            "build_cold_wall_s": cold_wall, "build_warm_s": warm.artifacts.meta["build_seconds"],
-            "build_warm_embedded": warm.artifacts.meta["embedded"], "build_warm_cli_s": warm_cli["build_seconds"],
+            "build_cold_wall_s": cold_wall, "build_warm_s": warm.artifacts_.meta["build_seconds"],
+            "build_warm_embedded": warm.artifacts_.meta["embedded"], "build_warm_cli_s": warm_cli["build_seconds"],
             "build_warm_cli_wall_s": warm_cli_wall}

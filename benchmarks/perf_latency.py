@@ -11,7 +11,6 @@ conversations as the sidecar decides it against the same message alone
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from pathlib import Path
@@ -43,7 +42,7 @@ def run(work: Path, quick: bool) -> dict:
 
     os.environ["GATEKEEPER_STATE_DIR"] = str(work / "latency-state")
     backend = make_embedder(load_catalog(CATALOG).model, threads=1, query_cache=0)
-    gate = Gate.load(CATALOG, embedder=backend)
+    gate = Gate(embedder=backend).fit(CATALOG)
     raw = USE(threads=1)
     count = 600 if quick else 2000
     pool = message_pool(count + 50)
@@ -60,7 +59,7 @@ def run(work: Path, quick: bool) -> dict:
             started = time.perf_counter()
             call(text)
             timings[name].append(time.perf_counter() - started)
-    cached = dataclasses.replace(gate, embedder=QueryCachingEmbedder(backend))
+    cached = gate.with_embedder(QueryCachingEmbedder(backend))
     for text in texts:
         cached.decide(text)
     timings["gate_hot"] = []

@@ -78,31 +78,31 @@ def write_catalog(folder: Path, name: str, document: dict) -> Path:
 
 def tuned_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
     """``tune`` on validation, then ``eval`` on test, as the CLI does."""
-    gate = Gate.load(path, embedder=embedder)
+    gate = Gate(embedder=embedder).fit(path)
     result = tune(gate, score_rows(gate, valid, oos, show_progress=False), Policy(), per_intent=False,
                   override=False)
     save_tuning(path, result.tuning, valid)
-    gate = Gate.load(path, embedder=gate.embedder)
-    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router.thresholds.per_intent)
+    gate = Gate(embedder=gate.embedder_).fit(path)
+    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router_.thresholds.per_intent)
 
 
 def auto_metrics(path: Path, embedder, test: list, oos: set[str]) -> dict:
     """``eval`` on test with the catalog's ``auto`` threshold."""
-    gate = Gate.load(path, embedder=embedder)
-    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router.thresholds.per_intent)
+    gate = Gate(embedder=embedder).fit(path)
+    return metrics(score_rows(gate, test, oos, show_progress=False), gate.router_.thresholds.per_intent)
 
 
 def naive_maxcos(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
     """Max cosine to any in-scope example; threshold at 5% false rejects on validation."""
-    gate = Gate.load(path, embedder=embedder)
-    index = gate.artifacts.index
+    gate = Gate(embedder=embedder).fit(path)
+    index = gate.artifacts_.index
     inside = index.labels >= 0
     prototypes, labels = index.vectors[inside], index.labels[inside]
 
     def scored(rows: list) -> ScoredSet:
         base = score_rows(gate, rows, oos, show_progress=False)
         sims = gate.embed(base.texts) @ prototypes.T
-        per_intent = np.full((len(base.texts), len(gate.catalog.intents)), -1.0, dtype=np.float32)
+        per_intent = np.full((len(base.texts), len(gate.catalog_.intents)), -1.0, dtype=np.float32)
         for intent in range(per_intent.shape[1]):
             per_intent[:, intent] = sims[:, labels == intent].max(axis=1)
         base.batch.intent_scores, base.batch.score = per_intent, per_intent.max(axis=1)
@@ -110,7 +110,7 @@ def naive_maxcos(path: Path, embedder, valid: list, test: list, oos: set[str]) -
 
     validation = scored(valid)
     threshold = threshold_for_false_reject(validation.scores[validation.in_scope], 0.05)
-    return metrics(scored(test), np.full(len(gate.catalog.intents), threshold))
+    return metrics(scored(test), np.full(len(gate.catalog_.intents), threshold))
 
 
 def nearest_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
@@ -118,12 +118,12 @@ def nearest_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]
     from gatekeeper.router import Router
     from gatekeeper.scoring import NearestPrototypeScorer
 
-    gate = Gate.load(path, embedder=embedder)
-    scorer = NearestPrototypeScorer(gate.artifacts.index, len(gate.catalog.intents))
-    gate.router = Router(gate.catalog, scorer, gate.router.thresholds)
+    gate = Gate(embedder=embedder).fit(path)
+    scorer = NearestPrototypeScorer(gate.artifacts_.index, len(gate.catalog_.intents))
+    gate.router_ = Router(gate.catalog_, scorer, gate.router_.thresholds)
     validation = score_rows(gate, valid, oos, show_progress=False)
     threshold = threshold_for_false_reject(validation.scores[validation.in_scope], 0.05)
-    return metrics(score_rows(gate, test, oos, show_progress=False), np.full(len(gate.catalog.intents), threshold))
+    return metrics(score_rows(gate, test, oos, show_progress=False), np.full(len(gate.catalog_.intents), threshold))
 
 
 def zero_shot_document(train: list, oos: set[str], name: str) -> dict:
@@ -160,7 +160,7 @@ def run_dataset(key: str, work: Path, embedder, held_out_seeds: int = 1) -> list
 
     started = time.perf_counter()
     path = write_catalog(work, key, document_from_pairs(train, oos, key))
-    Gate.load(path, embedder=embedder)  # build once; the modes below reuse it
+    Gate(embedder=embedder).fit(path)  # build once; the modes below reuse it
     row("build", started, {})
     for mode, measure in (("maxcos (naive)", lambda: naive_maxcos(path, embedder, valid, test, oos)),
                           ("nearest", lambda: nearest_metrics(path, embedder, valid, test, oos)),

@@ -31,10 +31,10 @@ CATALOGS = Path(__file__).resolve().parent.parent / "tests" / "data" / "small_ca
 
 def measure(path: Path, embedder, heldout: dict) -> dict:
     """Accepted share of the in-scope messages and rejected share of the off-topic ones."""
-    gate = Gate.load(path, embedder=embedder)
+    gate = Gate(embedder=embedder).fit(path)
     accepted_in = [d.accepted for d in gate.decide_many(heldout["in_scope"])]
     rejected_off = [not d.accepted for d in gate.decide_many(heldout["off_topic"])]
-    return {"scorer": gate.artifacts.meta["scorer"], "threshold": round(gate.router.thresholds.global_threshold, 3),
+    return {"scorer": gate.artifacts_.meta["scorer"], "threshold": round(gate.router_.thresholds.global_threshold, 3),
             "in_scope_accepted": round(sum(accepted_in) / len(accepted_in), 3),
             "off_topic_rejected": round(sum(rejected_off) / len(rejected_off), 3)}
 

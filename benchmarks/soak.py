@@ -181,7 +181,7 @@ def run(quick: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="gatekeeper-soak-") as work:
         state = Path(work) / "state"
         os.environ["GATEKEEPER_STATE_DIR"] = str(state)  # the server then loads the index built here
-        reference = Gate.load(CATALOG)
+        reference = Gate().fit(CATALOG)
         expected = {text: (decision.accepted, decision.intent)
                     for text, decision in zip(texts, reference.decide_many(texts))}
         with sidecar(CATALOG, state) as server:

@@ -117,13 +117,13 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
     folder = state_dir(catalog_path)
     fingerprint = artifact_fingerprint(catalog, embedder)
     if not force:
-        loaded = _load(folder, fingerprint, len(catalog.intents))
+        loaded = load_artifacts(folder, fingerprint, len(catalog.intents))
         if loaded is not None:
             return loaded, False
     with closing(EmbeddingCache(folder.parent / "embeddings.sqlite")) as cache:
         artifacts, heads = build_artifacts(catalog, embedder, cache=cache, progress=progress,
                                            previous=load_heads(folder, catalog.intent_names()))
-    _save(folder, artifacts, heads)
+    save_artifacts(folder, artifacts, heads)
     return artifacts, True
 
 
@@ -290,7 +290,8 @@ def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarr
     return np.concatenate(scores)
 
 
-def _save(folder: Path, artifacts: Artifacts, heads: Heads | None) -> None:
+def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:
+    """Write ``artifacts`` (and ``heads``, for the next build to start from) to ``folder``; its metadata last."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "scorer.npz", **artifacts.scorer.state())
     if heads is not None:
@@ -298,7 +299,8 @@ def _save(folder: Path, artifacts: Artifacts, heads: Heads | None) -> None:
     artifacts.index.save(folder, artifacts.meta)
 
 
-def _load(folder: Path, fingerprint: str, n_intents: int) -> Artifacts | None:
+def load_artifacts(folder: Path, fingerprint: str, n_intents: int) -> Artifacts | None:
+    """The artifacts saved in ``folder`` if built for ``fingerprint``, else None (stale, absent or unfinished)."""
     index = PrototypeIndex.load(folder, fingerprint)
     if index is None:
         return None

@@ -66,7 +66,7 @@ def load_catalog(path: str | Path) -> Catalog:
     catalog = _merge(Path(path), parsed)
     if catalog.conversation_pack == "default":
         catalog = _with_conversation_pack(catalog, parsed[0][1].defaults)
-    return catalog
+    return catalog.model_copy(update={"path": str(path)})
 
 
 def _load_file(file: Path) -> tuple[Path, CatalogFile, yaml.Node]:

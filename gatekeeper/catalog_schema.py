@@ -261,6 +261,9 @@ class Catalog(_Strict):
     pack_intents: list[str] = []
     #: Things that work but deserve attention (``file:line: ...``), shown by ``gatekeeper build``.
     warnings: list[str] = []
+    #: The file or folder it was loaded from (None when built in code or read from a saved gate): where its built
+    #: index and its tuning are kept.
+    path: str | None = None
 
     def intent_names(self) -> list[str]:
         """Intent names in catalog order."""

@@ -222,7 +222,7 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     head, *tail = _windows(gate, latest)
     text, _, reason = head
     if reason is not None:
-        return TurnDecision(gate.router.empty_decision(text, reason))
+        return TurnDecision(gate.router_.empty_decision(text, reason))
     windows = [*tail, *(window for other in others for window in _windows(gate, other))]
     pieces = [head, *(window for window in windows if window[2] is None)]  # an empty piece says nothing: skipped
     turns = tuple(previous[-policy.context_turns:]) if policy.context_turns else ()
@@ -241,12 +241,12 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
         return TurnDecision(decisions[0])
     latest_evidence, turn_evidence = evidence[0], LazyEvidence(gate, earlier, vectors[len(pieces):])
     bot_answers = [answer for _, answer in kept]
-    verdict = judge(latest_evidence, None, turn_evidence, bot_answers, gate.router, policy)
+    verdict = judge(latest_evidence, None, turn_evidence, bot_answers, gate.router_, policy)
     clause = last_clause(text) if verdict.decision.accepted and worth_a_clause(latest_evidence) else None
     if clause:  # only an accepted message's last clause can change the verdict (to a rejection)
         clause_prepared = [gate.prepare(clause)]
         clause_evidence = assess(gate, clause_prepared, await embed([clause_prepared[0][0]]))[0]
-        verdict = judge(latest_evidence, clause_evidence, turn_evidence, bot_answers, gate.router, policy)
+        verdict = judge(latest_evidence, clause_evidence, turn_evidence, bot_answers, gate.router_, policy)
     return TurnDecision(verdict.decision, followup=verdict.followup, context=turns, context_text=verdict.context_text)
 
 
@@ -256,5 +256,5 @@ def _windows(gate: Gate, message: object) -> list[tuple[str, bool, str | None]]:
     head = gate.prepare(message)
     if not head[1]:
         return [head]
-    max_chars = gate.catalog.defaults.max_chars
+    max_chars = gate.catalog_.defaults.max_chars
     return [head, (normalise(message, sys.maxsize)[0][-max_chars:].strip(), True, None)]

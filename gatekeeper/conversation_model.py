@@ -124,7 +124,7 @@ def assess(gate: Gate, prepared: list[tuple[str, bool, str | None]], vectors: np
     A message's evidence depends on nothing else, so the last :data:`EVIDENCE_CACHE` of each gate are kept: an
     earlier turn was assessed when it was the latest message (as the query LRU keeps its vector).
     """
-    cache = _EVIDENCE.setdefault(gate.router, _EvidenceCache())
+    cache = _EVIDENCE.setdefault(gate.router_, _EvidenceCache())
     found = [cache.get((text, flag)) for text, flag, _ in prepared]
     missing = [row for row, evidence in enumerate(found) if evidence is None]
     if missing:
@@ -136,12 +136,12 @@ def assess(gate: Gate, prepared: list[tuple[str, bool, str | None]], vectors: np
 
 def _assess(gate: Gate, prepared: list[tuple[str, bool, str | None]], vectors: np.ndarray) -> list[Evidence]:
     texts = [text for text, _, _ in prepared]
-    router = gate.router
+    router = gate.router_
     batch = router.scorer.score(vectors, texts)
     margins = embedding_margins(router.scorer, vectors)
     nearest = nearest_similarities_of(batch)
     if nearest is None:
-        per_intent, negative = nearest_similarities(gate.artifacts.index, vectors, len(gate.catalog.intents))
+        per_intent, negative = nearest_similarities(gate.artifacts_.index, vectors, len(gate.catalog_.intents))
         nearest = per_intent.max(axis=1), negative
     decisions = router.decide_scores(texts, batch, [flag for _, flag, _ in prepared])
     return [Evidence(decision=decision, oos_margin=None if margins is None else float(margins[row]),

@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 from gatekeeper.catalog_schema import intent_key
-from gatekeeper.conversation import FollowupPolicy, TurnDecision, decide_turn, rejected_in_context
+from gatekeeper.conversation import rejected_in_context
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.labelled_data import Row
@@ -79,14 +79,14 @@ def score_rows(gate: Gate, rows: Sequence[Row], oos_labels: set[str], show_progr
     listing every such label, so nothing is measured or tuned on rows the
     catalog cannot score.
     """
-    names = {intent_key(name): i for i, name in enumerate(gate.catalog.intent_names())}
+    names = {intent_key(name): i for i, name in enumerate(gate.catalog_.intent_names())}
     oos_keys = {intent_key(label) for label in oos_labels}
-    _check_labels([row[1] for row in rows], names, oos_keys, gate.catalog.intent_names(), source)
+    _check_labels([row[1] for row in rows], names, oos_keys, gate.catalog_.intent_names(), source)
     kept: list[tuple[str, str]] = []
     texts: list[str] = []
     vetoed: list[bool] = []
     for text, label, *context in rows:
-        turn = _decide_in_context(gate, text, context[0]) if context else None
+        turn = gate.decide_turn(text, context[0]) if context else None
         clean = turn.scored_text if turn is not None else gate.prepare(text)[0]
         if clean:
             kept.append((text, label))
@@ -101,28 +101,13 @@ def score_rows(gate: Gate, rows: Sequence[Row], oos_labels: set[str], show_progr
             parts.append(gate.embed(texts[start:start + EMBED_BATCH]))
             bar.update(min(EMBED_BATCH, len(texts) - start))
     vectors = np.concatenate(parts)
-    batch = gate.router.scorer.score(vectors, texts)
+    batch = gate.router_.scorer.score(vectors, texts)
     if any(vetoed):  # rejected by the conversation rule although the text alone passes: as the sidecar decided
         batch = replace(batch, score=vetoed_scores(batch.score, np.array(vetoed)))
     in_scope = np.array([intent_key(label) not in oos_keys for _, label in kept])
     true_intent = np.array([names[intent_key(label)] if inside else -1 for (_, label), inside in zip(kept, in_scope)])
     return ScoredSet(texts=texts, rows=kept, in_scope=in_scope, true_intent=true_intent, batch=batch,
                      vetoed=np.array(vetoed, dtype=bool))
-
-
-def _decide_in_context(gate: Gate, text: str, context: Sequence[str]) -> TurnDecision:
-    """:func:`~gatekeeper.conversation.decide_turn` on a message and its earlier turns, run to its end at once:
-    its embedder here never waits, so no event loop is needed (and it works inside a running one)."""
-    async def embed(texts: Sequence[str]) -> np.ndarray:
-        return gate.embed(texts)
-
-    steps = decide_turn(gate, embed, text, list(context), FollowupPolicy())
-    try:
-        steps.send(None)
-    except StopIteration as finished:
-        return finished.value
-    steps.close()
-    raise RuntimeError("decide_turn waited on something other than its embedder")
 
 
 def _check_labels(labels: list[str], intents: dict[str, int], oos_keys: set[str], names: list[str],

@@ -81,7 +81,7 @@ def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, overri
     if inside.all() or not inside.any():
         raise UserError("tuning needs both in-scope and out-of-scope rows; mark off-topic rows with label "
                         "'oos' or name their label with --oos-label")
-    scorer = gate.router.scorer
+    scorer = gate.router_.scorer
     calibrator = None
     scores = scored.scores
     if isinstance(scorer, HeadScorer):
@@ -92,11 +92,11 @@ def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, overri
     points = operating_points(scores[inside], scores[~inside])
     chosen = policy.pick(points, oos_share=float((~inside).mean()))
     per_intent_thresholds = (_per_intent_thresholds(scored, scores, chosen.threshold, policy,
-                                                    gate.catalog.intent_names()) if per_intent else {})
-    tuning = Tuning(fingerprint=gate.artifacts.fingerprint, global_threshold=chosen.threshold,
+                                                    gate.catalog_.intent_names()) if per_intent else {})
+    tuning = Tuning(fingerprint=gate.artifacts_.fingerprint, global_threshold=chosen.threshold,
                     per_intent=per_intent_thresholds, override=override, calibrator=calibrator,
                     policy=asdict(policy))
-    thresholds = resolve_thresholds(gate.catalog, gate.artifacts.auto_threshold, tuning)
+    thresholds = resolve_thresholds(gate.catalog_, gate.artifacts_.auto_threshold, tuning)
     tuning.validation = metrics(_rescored(scored, scores), thresholds.per_intent)
     return TuneResult(tuning=tuning, points=points, chosen=chosen, in_scope_scores=scores[inside],
                       oos_scores=scores[~inside], thresholds=thresholds)
@@ -187,7 +187,7 @@ def figures(gate: Gate, scored: ScoredSet, thresholds: Thresholds) -> dict:
     ``gatekeeper_llm_calls_saved_total``).
     """
     accepted = accepted_mask(scored, thresholds.per_intent)
-    answered_here = np.array([intent.action != "forward" for intent in gate.catalog.intents])
+    answered_here = np.array([intent.action != "forward" for intent in gate.catalog_.intents])
     saved = ~accepted | answered_here[scored.predicted_intent]
     inside = scored.in_scope
     return {"threshold_source": thresholds.source, "global_threshold": float(thresholds.global_threshold),
@@ -211,7 +211,7 @@ def plan(gate: Gate, rows: Sequence[Row], policy: Policy, per_intent: bool = Fal
     stored = [(row[0], OOS_LABEL if intent_key(row[1]) in oos_keys else row[1], *row[2:]) for row in rows]
     scores = np.empty(len(scored.rows), dtype=np.float64)
     scores[scored.in_scope], scores[~scored.in_scope] = result.in_scope_scores, result.oos_scores
-    comparison = TunePreview(before=figures(gate, scored, gate.router.thresholds),
+    comparison = TunePreview(before=figures(gate, scored, gate.router_.thresholds),
                              after=figures(gate, _rescored(scored, scores), result.thresholds),
                              rows=len(scored.rows), in_scope=inside, off_topic=len(scored.rows) - inside)
     return TunePlan(result=result, preview=comparison, rows=stored)
@@ -244,23 +244,23 @@ def rederive(gate: Gate, saved: Tuning) -> Gate:
     the rows ``tune`` stored beside it are scored by the new gate and tuned
     with the saved policy, per-intent choice and minimum row count. The
     result is logged; the status is ``re-derived``, or ``stale`` (the
-    catalog's own or auto thresholds, and :attr:`Gate.tuning_problem` saying
+    catalog's own or auto thresholds, and :attr:`Gate.tuning_problem_` saying
     why) when the rows are missing, changed, too few, or have labels the
     catalog no longer has.
     """
     settings = saved.stored_rows
     try:
-        rows = load_stored_rows(gate.catalog_path, saved)
+        rows = load_stored_rows(gate.catalog_path_, saved)
         _, result = _fit(gate, rows, _saved_policy(saved), bool(settings.get("per_intent")), saved.override,
                          frozenset({OOS_LABEL}), int(settings.get("min_rows", MIN_ROWS)),
-                         str(rows_path(tuning_path(gate.catalog_path))), False)
+                         str(rows_path(tuning_path(gate.catalog_path_))), False)
     except UserError as error:
         problem = (f"the catalog or model changed since 'gatekeeper tune' and its thresholds cannot be re-derived "
                    f"({error}); the catalog's own or auto thresholds are in force until you rerun 'gatekeeper tune'")
-        log.warning("tuning_stale", extra={"catalog": gate.catalog_path, "problem": problem})
+        log.warning("tuning_stale", extra={"catalog": gate.catalog_path_, "problem": problem})
         return gate.with_tuning(None, TUNING_STALE, problem)
     tuning = replace(result.tuning, stored_rows=settings)
-    log.info("tuning_rederived", extra={"catalog": gate.catalog_path, "rows": settings.get("rows"),
+    log.info("tuning_rederived", extra={"catalog": gate.catalog_path_, "rows": settings.get("rows"),
                                         "policy": saved.policy.get("kind"), "threshold": tuning.global_threshold,
                                         "hint": "the catalog or model changed since 'gatekeeper tune'; rerun it to "
                                                 "review and keep the new thresholds"})

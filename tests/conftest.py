@@ -39,7 +39,7 @@ def telecom_gate(use_embedder):
     """The bundled Chinese telecom catalog, built once."""
     from gatekeeper.gate import Gate
 
-    return Gate.load(INTENTS / "telecom_zh.yaml", embedder=use_embedder)
+    return Gate(embedder=use_embedder).fit(INTENTS / "telecom_zh.yaml")
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +47,7 @@ def banking_gate(use_embedder):
     """The bundled English banking catalog, built once."""
     from gatekeeper.gate import Gate
 
-    return Gate.load(INTENTS / "banking_en.yaml", embedder=use_embedder)
+    return Gate(embedder=use_embedder).fit(INTENTS / "banking_en.yaml")
 
 
 @pytest.fixture

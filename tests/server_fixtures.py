@@ -295,7 +295,7 @@ def start_sidecar() -> Iterator[Callable[..., RunningSidecar]]:
     running: list[RunningSidecar] = []
 
     def start(gate: Gate | None, **settings: object) -> RunningSidecar:
-        settings.setdefault("catalog", gate.catalog_path if gate is not None else "intents")
+        settings.setdefault("catalog", gate.catalog_path_ if gate is not None else "intents")
         registry = CollectorRegistry()
         resolved = ServerSettings(**settings)
         app = create_app(resolved, gate=gate, registry=registry)

@@ -32,7 +32,7 @@ from tests.conftest import INTENTS, REPO
 @pytest.fixture(scope="module")
 def gates(telecom_gate, banking_gate, use_embedder):
     return {"telecom_zh": telecom_gate, "banking_en": banking_gate,
-            "ecommerce_zh": Gate.load(INTENTS / "ecommerce_zh.yaml", embedder=use_embedder)}
+            "ecommerce_zh": Gate(embedder=use_embedder).fit(INTENTS / "ecommerce_zh.yaml")}
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,7 @@ def test_eval_scores_rows_with_context_as_the_sidecar_decides_them(gates):
     texts = [row["text"] for row in read_jsonl(TASK_SET) if row["catalog"] == "banking_en"]
     rows = [(text, "oos", (opening,)) for text in texts]
     scored = score_rows(gate, rows, {"oos"}, show_progress=False)
-    thresholds = gate.router.thresholds.per_intent[scored.predicted_intent]
+    thresholds = gate.router_.thresholds.per_intent[scored.predicted_intent]
     turns = [decide_conversation(gate, [{"role": "user", "content": opening}, {"role": "user", "content": text}])
              for text in texts]
     assert ((scored.scores >= thresholds) == np.array([turn.decision.accepted for turn in turns])).all()
@@ -222,8 +222,8 @@ def test_one_encoder_call_for_the_latest_message_and_its_earlier_turns(gates):
 
 def test_a_canned_rejection_makes_the_conversation_off_topic(gates):
     gate = gates["telecom_zh"]
-    reject = gate.router.reject_reply(None, "zh")
-    assert normalise(reject, 10 ** 9)[0] in canned_rejections(gate.router)  # NFKC: "，" is ","
+    reject = gate.router_.reject_reply(None, "zh")
+    assert normalise(reject, 10 ** 9)[0] in canned_rejections(gate.router_)  # NFKC: "，" is ","
     messages = [{"role": "user", "content": "后天杭州会下雨吗"}, {"role": "assistant", "content": reject},
                 {"role": "user", "content": "好的"}]
     turn = decide_conversation(gate, messages)

@@ -86,7 +86,7 @@ def test_rows_say_which_gate_decided_what_with_which_context(telecom_gate, fake_
         (gated.headers["x-request-id"], "/v1/gate", "forward", "accepted", True, False)]
     first = rows[0]
     assert (first["catalog"], first["fingerprint"], first["tuning"]) == ("telecom-zh",
-                                                                         telecom_gate.artifacts.fingerprint, None)
+                                                                         telecom_gate.artifacts_.fingerprint, None)
     assert first["intent"] == "bill_inquiry" and first["language"] == "zh" and first["mode"] == "enforce"
     assert first["score"] == pytest.approx(float(follow_up.headers["x-gatekeeper-score"]), abs=1e-4)
     assert first["user"] == hashlib.sha256(b"customer-42").hexdigest() and rows[1]["user"] is None

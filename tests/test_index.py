@@ -50,14 +50,14 @@ def test_round_trip(tmp_path):
 def test_stale_index_is_rebuilt(tmp_path, use_embedder):
     path = tmp_path / "telecom.yaml"
     path.write_text((INTENTS / "telecom_zh.yaml").read_text(encoding="utf-8"), encoding="utf-8")
-    first = Gate.load(path, embedder=use_embedder)
-    assert first.rebuilt and (state_dir(path) / "meta.json").exists()
-    again = Gate.load(path, embedder=use_embedder)
-    assert not again.rebuilt and again.artifacts.fingerprint == first.artifacts.fingerprint
+    first = Gate(embedder=use_embedder).fit(path)
+    assert first.rebuilt_ and (state_dir(path) / "meta.json").exists()
+    again = Gate(embedder=use_embedder).fit(path)
+    assert not again.rebuilt_ and again.artifacts_.fingerprint == first.artifacts_.fingerprint
     # Editing one example makes the saved index stale; only that text is embedded again.
     path.write_text(path.read_text(encoding="utf-8").replace("out_of_scope:", "out_of_scope:\n  - \"教我打太极拳\"", 1),
                     encoding="utf-8")
-    edited = Gate.load(path, embedder=use_embedder)
-    assert edited.rebuilt and edited.artifacts.fingerprint != first.artifacts.fingerprint
-    assert edited.artifacts.meta["embedded"] == 1
-    assert edited.artifacts.meta["out_of_scope"] == first.artifacts.meta["out_of_scope"] + 1
+    edited = Gate(embedder=use_embedder).fit(path)
+    assert edited.rebuilt_ and edited.artifacts_.fingerprint != first.artifacts_.fingerprint
+    assert edited.artifacts_.meta["embedded"] == 1
+    assert edited.artifacts_.meta["out_of_scope"] == first.artifacts_.meta["out_of_scope"] + 1

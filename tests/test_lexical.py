@@ -83,13 +83,12 @@ def _copy_catalog(tmp_path: Path, name: str, **sections: object) -> Path:
 
 
 def test_lexical_features_are_on_by_default_and_can_be_turned_off(tmp_path, use_embedder):
-    with_ngrams = Gate.load(_copy_catalog(tmp_path, "lexical_on"), embedder=use_embedder)
-    without = Gate.load(_copy_catalog(tmp_path, "lexical_off", scorer={"lexical_features": False}),
-                        embedder=use_embedder)
-    assert with_ngrams.artifacts.meta["lexical_features"] > 100
-    assert isinstance(with_ngrams.router.scorer, HeadScorer) and with_ngrams.router.scorer.lexical is not None
-    assert without.artifacts.meta["lexical_features"] == 0 and without.router.scorer.lexical is None
-    assert with_ngrams.artifacts.fingerprint != without.artifacts.fingerprint
+    with_ngrams = Gate(embedder=use_embedder).fit(_copy_catalog(tmp_path, "lexical_on"))
+    without = Gate(embedder=use_embedder).fit(_copy_catalog(tmp_path, "lexical_off", scorer={"lexical_features": False}))
+    assert with_ngrams.artifacts_.meta["lexical_features"] > 100
+    assert isinstance(with_ngrams.router_.scorer, HeadScorer) and with_ngrams.router_.scorer.lexical is not None
+    assert without.artifacts_.meta["lexical_features"] == 0 and without.router_.scorer.lexical is None
+    assert with_ngrams.artifacts_.fingerprint != without.artifacts_.fingerprint
     for gate in (with_ngrams, without):
         assert gate.decide("我想查一下这个月的话费").intent == "bill_inquiry"
         assert not gate.decide("今天天气怎么样").accepted
@@ -97,16 +96,16 @@ def test_lexical_features_are_on_by_default_and_can_be_turned_off(tmp_path, use_
 
 def test_saved_scorer_reloads_with_its_ngrams(tmp_path, use_embedder):
     path = _copy_catalog(tmp_path, "lexical_reload")
-    built = Gate.load(path, embedder=use_embedder)
-    loaded = Gate.load(path, embedder=use_embedder)
-    assert built.rebuilt and not loaded.rebuilt
+    built = Gate(embedder=use_embedder).fit(path)
+    loaded = Gate(embedder=use_embedder).fit(path)
+    assert built.rebuilt_ and not loaded.rebuilt_
     messages = ["我想查一下这个月的话费", "宽带断了怎么办", "帮我写一首诗"]
     assert [d.to_dict() for d in built.decide_many(messages)] == [d.to_dict() for d in loaded.decide_many(messages)]
 
 
 def test_edit_with_new_ngrams_warm_starts_and_matches_a_cold_build(tmp_path, use_embedder):
     path = _copy_catalog(tmp_path, "lexical_warm")
-    Gate.load(path, embedder=use_embedder)
+    Gate(embedder=use_embedder).fit(path)
     document = yaml.safe_load(path.read_text(encoding="utf-8"))
     added = ["我的宽带光猫指示灯一直闪红灯", "光猫红灯闪烁上不了网"]
     broadband = next(intent for intent in document["intents"] if intent["name"] == "broadband_repair")
@@ -114,13 +113,13 @@ def test_edit_with_new_ngrams_warm_starts_and_matches_a_cold_build(tmp_path, use
     path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
     previous = load_heads(state_dir(path), load_catalog(path).intent_names())
-    warm = Gate.load(path, embedder=use_embedder)
-    assert warm.rebuilt and previous is not None
-    assert not set(warm.router.scorer.lexical.vocabulary) <= set(previous.vocabulary)  # realign had work to do
-    cold, _ = build_artifacts(warm.catalog, use_embedder, previous=None)
-    probe = [text for intent in warm.catalog.intents for text in intent.examples] + ["光猫一直闪红灯怎么办"]
+    warm = Gate(embedder=use_embedder).fit(path)
+    assert warm.rebuilt_ and previous is not None
+    assert not set(warm.router_.scorer.lexical.vocabulary) <= set(previous.vocabulary)  # realign had work to do
+    cold, _ = build_artifacts(warm.catalog_, use_embedder, previous=None)
+    probe = [text for intent in warm.catalog_.intents for text in intent.examples] + ["光猫一直闪红灯怎么办"]
     vectors = use_embedder.encode(probe, is_query=True)
-    warm_intents = warm.router.scorer.score(vectors, probe).intent_scores.argmax(axis=1)
+    warm_intents = warm.router_.scorer.score(vectors, probe).intent_scores.argmax(axis=1)
     cold_intents = cold.scorer.score(vectors, probe).intent_scores.argmax(axis=1)
     assert (warm_intents == cold_intents).mean() >= 0.99
     assert warm.decide("光猫一直闪红灯怎么办").intent == "broadband_repair"
@@ -141,9 +140,9 @@ def test_ngrams_raise_accuracy_on_smp2017(tmp_path, use_embedder):
         path = tmp_path / f"smp_lexical_{lexical}.yaml"
         path.write_text(yaml.safe_dump({**document, "scorer": {"lexical_features": lexical}}, allow_unicode=True,
                                        sort_keys=False), encoding="utf-8")
-        gate = Gate.load(path, embedder=use_embedder)
+        gate = Gate(embedder=use_embedder).fit(path)
         scored = score_rows(gate, rows("test"), {"chat"}, show_progress=False)
-        accuracy[lexical] = metrics(scored, gate.router.thresholds.per_intent)["in_scope_accuracy"]
+        accuracy[lexical] = metrics(scored, gate.router_.thresholds.per_intent)["in_scope_accuracy"]
         shutil.rmtree(state_dir(path), ignore_errors=True)
     assert accuracy[True] >= 0.92
     assert accuracy[True] >= accuracy[False] + 0.02

@@ -137,7 +137,7 @@ def shop_catalog(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def shop_gate(shop_catalog: Path, use_embedder) -> Gate:
-    return Gate.load(shop_catalog, embedder=use_embedder)
+    return Gate(embedder=use_embedder).fit(shop_catalog)
 
 
 @dataclass
@@ -426,7 +426,7 @@ def test_review_page_labels_with_keyboard_and_mouse(start_review, browser, shop_
     assert sorted(rows_now, key=str) == sorted(review.session.rows(), key=str)
     expected = preview(shop_gate, rows_now, Policy(), per_intent=False, min_rows=MIN_ROWS)
     current = metrics(score_rows(shop_gate, rows_now, {"oos"}, show_progress=False),
-                      shop_gate.router.thresholds.per_intent)
+                      shop_gate.router_.thresholds.per_intent)
     figures = page.find("#current-figures")
     assert float(figures.get_attribute("data-frr")) == pytest.approx(current["false_reject_rate"])
     assert float(figures.get_attribute("data-recall")) == pytest.approx(current["oos_recall"])

@@ -61,7 +61,7 @@ def test_done_criteria_telecom(telecom_gate):
     billing, weather, poem = telecom_gate.decide_many(["我这个月话费怎么扣了这么多", "今天天气怎么样", "帮我写一首关于秋天的诗"])
     assert billing.accepted and billing.intent == "bill_inquiry"
     assert not weather.accepted and not poem.accepted
-    assert telecom_gate.router.thresholds.source == "auto"
+    assert telecom_gate.router_.thresholds.source == "auto"
 
 
 def test_done_criteria_banking(banking_gate):
@@ -104,7 +104,7 @@ def test_unscorable_input_is_rejected_with_reason(telecom_gate, message, reason)
 
 def test_overlong_input_is_truncated_not_refused(telecom_gate):
     decision = telecom_gate.decide("宽带坏了，" * 2000)
-    assert decision.truncated and len(decision.text) == telecom_gate.catalog.defaults.max_chars
+    assert decision.truncated and len(decision.text) == telecom_gate.catalog_.defaults.max_chars
     assert decision.accepted and decision.intent == "broadband_repair"
 
 
@@ -124,9 +124,9 @@ def test_per_intent_threshold_overrides_default(tmp_path, use_embedder):
     strict = text.replace("  - name: invoice\n", "  - name: invoice\n    threshold: 0.9999999\n", 1)
     path = tmp_path / "strict.yaml"
     path.write_text(strict, encoding="utf-8")
-    gate = Gate.load(path, embedder=use_embedder)
-    names = gate.catalog.intent_names()
-    assert gate.router.thresholds.per_intent[names.index("invoice")] == pytest.approx(0.9999999)
+    gate = Gate(embedder=use_embedder).fit(path)
+    names = gate.catalog_.intent_names()
+    assert gate.router_.thresholds.per_intent[names.index("invoice")] == pytest.approx(0.9999999)
     decision = gate.decide("帮我开一张上个月话费的电子发票")
     assert decision.intent == "invoice" and decision.threshold == pytest.approx(0.9999999, abs=1e-6)
     assert not decision.accepted and decision.reason == "below_threshold"
@@ -144,8 +144,8 @@ intents:
   - name: roaming
     description: "using the phone abroad: international roaming, charges overseas"
 """, encoding="utf-8")
-    gate = Gate.load(path, embedder=use_embedder)
-    assert gate.artifacts.meta["scorer"] == "nearest"
+    gate = Gate(embedder=use_embedder).fit(path)
+    assert gate.artifacts_.meta["scorer"] == "nearest"
     bill, net, off = gate.decide_many(["why is my phone bill so high this month", "my wifi router keeps dropping",
                                        "what's the capital of Australia"])
     assert bill.accepted and bill.intent == "bill"

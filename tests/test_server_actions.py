@@ -38,7 +38,7 @@ def shop_gate(tmp_path_factory, use_embedder) -> Gate:
     """A Chinese-named catalog with a reply intent, plus the built-in packs."""
     path = tmp_path_factory.mktemp("shop") / "shop.yaml"
     write_catalog(path, SHOP_ZH)
-    return Gate.load(path, embedder=use_embedder)
+    return Gate(embedder=use_embedder).fit(path)
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_conversation_and_reply_intents_are_answered_without_the_llm(sidecar, fa
     assert response.headers["x-gatekeeper-decision"] == "accepted"
     assert unquote(response.headers["x-gatekeeper-intent"]) == intent
     content = response.json()["choices"][0]["message"]["content"]
-    assert content == shop_gate.catalog.intent(intent).answer(language)
+    assert content == shop_gate.catalog_.intent(intent).answer(language)
     assert fake_upstream.requests == []
     assert sidecar.metric("gatekeeper_actions_total", action=action, mode="enforce") == 1
     assert sidecar.metric("gatekeeper_llm_calls_saved_total") == 1
@@ -117,7 +117,7 @@ def test_streamed_reply_intent(sidecar, fake_upstream, shop_gate):
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     first = json.loads(events[0][len("data: "):])
-    assert first["choices"][0]["delta"]["content"] == shop_gate.catalog.intent("greeting").answer("zh")
+    assert first["choices"][0]["delta"]["content"] == shop_gate.catalog_.intent("greeting").answer("zh")
     assert fake_upstream.requests == []
 
 

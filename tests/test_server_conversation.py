@@ -112,7 +112,7 @@ def gates_without_pack(tmp_path_factory, use_embedder):
         path = Path(folder) / f"{name}_no_pack.yaml"
         path.write_text(yaml.safe_dump({**document, "conversation_pack": "none"}, allow_unicode=True),
                         encoding="utf-8")
-        built[name] = Gate.load(path, embedder=use_embedder)
+        built[name] = Gate(embedder=use_embedder).fit(path)
     return built
 
 
@@ -197,7 +197,7 @@ def test_a_continuation_follows_the_conversation(gates):
     assert on_topic.decision.intent == gate.decide("我想换个便宜点的套餐").intent and on_topic.decision.text == "好的"
     assert (off_topic.decision.accepted, off_topic.decision.action, off_topic.followup) == (False, "reject", False)
     assert (opening.decision.accepted, opening.decision.action) == (True, "reply")
-    assert gate.router.reply(opening.decision, "zh") == gate.catalog.intent("continuation").answer("zh")
+    assert gate.router_.reply(opening.decision, "zh") == gate.catalog_.intent("continuation").answer("zh")
 
 
 def test_context_can_be_switched_off_and_length_does_not_decide(gates_without_pack):
@@ -242,7 +242,7 @@ def test_a_long_earlier_turn_is_read_at_its_start_in_the_same_encoder_call(gates
     long_turn = "我这个月话费怎么扣了这么多" * 200  # far past the catalog's max_chars
     turn = asyncio.run(decide_turn(gate, embed, "那另一个呢?", [long_turn], POLICY))
     assert len(seen) == 1 and seen[0][0] == "那另一个呢?"
-    assert seen[0][1] == gate.prepare(long_turn)[0] and len(seen[0][1]) <= gate.catalog.defaults.max_chars
+    assert seen[0][1] == gate.prepare(long_turn)[0] and len(seen[0][1]) <= gate.catalog_.defaults.max_chars
     assert turn.followup and turn.decision.intent == "bill_inquiry"
 
 

@@ -117,7 +117,7 @@ def test_embedding_failure_fail_closed_sends_the_canned_reply(failing_gate, fake
     response = post_chat(sidecar, chat_body(ON_TOPIC))
     assert response.status_code == 200
     assert response.headers["x-gatekeeper-decision"] == "fail-closed"
-    assert response.json()["choices"][0]["message"]["content"] == failing_gate.catalog.defaults.reject_reply["zh"]
+    assert response.json()["choices"][0]["message"]["content"] == failing_gate.catalog_.defaults.reject_reply["zh"]
     assert fake_upstream.requests == []
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_closed") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="fail_closed") == 1

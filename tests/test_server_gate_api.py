@@ -66,8 +66,8 @@ def test_health_and_readiness(sidecar, telecom_gate):
     assert httpx.get(f"{sidecar.base_url}/healthz", timeout=10).json() == {"status": "ok"}
     ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10)
     assert ready.status_code == 200
-    assert ready.json() == {"ready": True, "catalog": "telecom-zh", "intents": len(telecom_gate.catalog.intents),
-                            "fingerprint": telecom_gate.artifacts.fingerprint, "tuning": "none",
+    assert ready.json() == {"ready": True, "catalog": "telecom-zh", "intents": len(telecom_gate.catalog_.intents),
+                            "fingerprint": telecom_gate.artifacts_.fingerprint, "tuning": "none",
                             "tuning_problem": None, "error": None}
 
 
@@ -98,7 +98,7 @@ def test_metrics_endpoint_is_prometheus_text(sidecar, telecom_gate):
                  "gatekeeper_reloads_total", "gatekeeper_in_flight_requests", "gatekeeper_embedding_failures_total",
                  "gatekeeper_requests_total", "gatekeeper_batch_size_bucket"):
         assert f"# TYPE {name.removesuffix('_bucket')}" in text or name in text, name
-    assert (f'gatekeeper_catalog_info{{catalog="telecom-zh",fingerprint="{telecom_gate.artifacts.fingerprint}",'
-            f'intents="{len(telecom_gate.catalog.intents)}",model=') in text
+    assert (f'gatekeeper_catalog_info{{catalog="telecom-zh",fingerprint="{telecom_gate.artifacts_.fingerprint}",'
+            f'intents="{len(telecom_gate.catalog_.intents)}",model=') in text
     assert 'gatekeeper_score_bucket{le="-0.25"}' in text and 'gatekeeper_score_bucket{le="0.95"}' in text
     assert 'gatekeeper_gate_latency_seconds_bucket{le="0.0005"}' in text

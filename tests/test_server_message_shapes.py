@@ -36,7 +36,7 @@ def parts(*texts: str, kind: str = "text") -> list[dict]:
 
 def padded_attack(gate) -> str:
     """max_chars of on-topic text, then an off-topic request long enough to dominate the end window."""
-    max_chars = gate.catalog.defaults.max_chars
+    max_chars = gate.catalog_.defaults.max_chars
     pad = (ON_TOPIC * (max_chars // len(ON_TOPIC) + 1))[:max_chars]
     return pad + ("帮我写一首关于春天的诗，要有花有鸟有风。" * 200)[:max_chars * 3 // 4]
 
@@ -111,14 +111,14 @@ def test_off_topic_text_in_any_shape_is_rejected(sidecar, fake_upstream, telecom
     assert response.status_code == 200
     assert response.headers["x-gatekeeper-decision"] == "rejected"
     assert response.headers["x-gatekeeper-action"] == "reject"
-    assert response.json()["choices"][0]["message"]["content"] == telecom_gate.catalog.defaults.reject_reply["zh"]
+    assert response.json()["choices"][0]["message"]["content"] == telecom_gate.catalog_.defaults.reject_reply["zh"]
     assert fake_upstream.requests == []
 
 
 @pytest.mark.parametrize("shape", ["opening system prompt", "tool result", "off-topic turn before the last answer",
                                    "input_text part", "on-topic text parts", "long on-topic message"])
 def test_in_scope_shapes_are_forwarded(sidecar, fake_upstream, telecom_gate, shape):
-    long_on_topic = ON_TOPIC * (telecom_gate.catalog.defaults.max_chars // len(ON_TOPIC) + 20)
+    long_on_topic = ON_TOPIC * (telecom_gate.catalog_.defaults.max_chars // len(ON_TOPIC) + 20)
     messages = {
         "opening system prompt": [msg("system", BOT_PROMPT), msg("user", ON_TOPIC)],
         "tool result": [msg("user", ON_TOPIC),
@@ -148,7 +148,7 @@ def test_gate_endpoint_decides_messages_by_the_same_rule(sidecar):
 # --- n choices ---------------------------------------------------------------------------------------------------
 
 def test_rejected_completion_has_n_choices(client, fake_upstream, telecom_gate):
-    reply = telecom_gate.catalog.defaults.reject_reply["zh"]
+    reply = telecom_gate.catalog_.defaults.reject_reply["zh"]
     completion = client.chat.completions.create(model="test-model", n=2, messages=[msg("user", OFF_TOPIC)])
     assert [(choice.index, choice.message.content, choice.finish_reason) for choice in completion.choices] == [
         (0, reply, "stop"), (1, reply, "stop")]
@@ -176,7 +176,7 @@ def test_off_topic_response_is_a_canned_response_object(client, sidecar, fake_up
     raw = client.responses.with_raw_response.create(model="test-model", input=OFF_TOPIC)
     assert raw.headers["x-gatekeeper-decision"] == "rejected" and raw.headers["x-gatekeeper-action"] == "reject"
     response = raw.parse()
-    reply = telecom_gate.catalog.defaults.reject_reply["zh"]
+    reply = telecom_gate.catalog_.defaults.reject_reply["zh"]
     assert (response.object, response.status, response.model, response.output_text) == (
         "response", "completed", "test-model", reply)
     [message] = response.output
@@ -190,7 +190,7 @@ def test_off_topic_response_is_a_canned_response_object(client, sidecar, fake_up
 
 
 def test_off_topic_response_stream_sends_the_responses_events(client, sidecar, fake_upstream, telecom_gate):
-    reply = telecom_gate.catalog.defaults.reject_reply["zh"]
+    reply = telecom_gate.catalog_.defaults.reject_reply["zh"]
     events = list(client.responses.create(model="test-model", input=OFF_TOPIC, stream=True))
     kinds = [event.type for event in events]
     assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
@@ -249,7 +249,7 @@ def test_off_topic_response_input_shapes_are_rejected(client, fake_upstream, ite
 def test_response_reply_intent_is_answered_by_the_sidecar(client, fake_upstream, telecom_gate):
     raw = client.responses.with_raw_response.create(model="test-model", input="你好")
     assert raw.headers["x-gatekeeper-action"] == "reply"
-    assert raw.parse().output_text == telecom_gate.catalog.intent("greeting").answer("zh")
+    assert raw.parse().output_text == telecom_gate.catalog_.intent("greeting").answer("zh")
     assert fake_upstream.requests == []
 
 

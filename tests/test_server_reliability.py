@@ -317,7 +317,7 @@ def remote(tmp_path: Path) -> Iterator[tuple[EmbeddingServer, Path, Gate]]:
         path = tmp_path / "shop.yaml"
         write_catalog(path, {**SHOP, "model": {"backend": "openai", "base_url": server.base_url, "model": "m",
                                                "timeout_s": 10, "max_retries": 0}})
-        yield server, path, Gate.load(path)
+        yield server, path, Gate().fit(path)
 
 
 @pytest.mark.parametrize(("fault", "words"), [("wrong_dim", "31-dimensional"), ("nan", "NaN")])
@@ -331,7 +331,7 @@ def test_bad_vectors_are_embedding_failures_and_never_cached(remote, fake_upstre
     assert chat.status_code == 200 and chat.headers["x-gatekeeper-decision"] == "fail-open"
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 2
     server.fault = None  # the backend recovers: nothing bad was cached
-    reference = Gate.load(path, embedder=OpenAIEndpointEmbedder(server.base_url, "m")).decide("refund my purchase")
+    reference = Gate(embedder=OpenAIEndpointEmbedder(server.base_url, "m")).fit(path).decide("refund my purchase")
     decision = gate_json(sidecar, {"text": "refund my purchase"}).json()
     assert math.isfinite(decision["score"]) and decision["score"] == pytest.approx(reference.score, abs=1e-5)
     assert (decision["accepted"], decision["intent"]) == (reference.accepted, reference.intent)
@@ -571,7 +571,7 @@ def test_a_client_gone_before_the_upstream_answers_cancels_the_upstream_call(tel
 def test_a_reload_drops_the_decision_series_of_removed_intents(tmp_path: Path, use_embedder, start_sidecar):
     path = tmp_path / "shop.yaml"
     write_catalog(path, {**SHOP, "intents": [*SHOP["intents"], NEW_INTENT]})
-    sidecar = start_sidecar(Gate.load(path, embedder=use_embedder), admin_token="tok")
+    sidecar = start_sidecar(Gate(embedder=use_embedder).fit(path), admin_token="tok")
     assert gate_json(sidecar, {"text": "change my delivery address"}).json()["intent"] == "delivery_address"
     labels = {"decision": "accepted", "intent": "delivery_address", "mode": "enforce"}
     assert sidecar.metric("gatekeeper_decisions_total", **labels) == 1

@@ -18,7 +18,7 @@ def shop(tmp_path: Path, use_embedder) -> tuple[Path, Gate]:
     """A copy of the small catalog in a temporary directory, and its gate."""
     path = tmp_path / "shop.yaml"
     write_catalog(path, SHOP)
-    return path, Gate.load(path, embedder=use_embedder)
+    return path, Gate(embedder=use_embedder).fit(path)
 
 
 def reload(sidecar, token: str | None = TOKEN) -> httpx.Response:
@@ -76,9 +76,9 @@ def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, start_s
     assert httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()["fingerprint"] == summary["fingerprint"]
     assert sidecar.metric("gatekeeper_reloads_total", result="success") == 1
     assert sidecar.metric("gatekeeper_catalog_info", catalog="shop", fingerprint=summary["fingerprint"],
-                          model=str(sidecar.app.state.gate_state.gate.artifacts.meta["model"]), intents="3") == 1
-    assert sidecar.metric("gatekeeper_catalog_info", catalog="shop", fingerprint=gate.artifacts.fingerprint,
-                          model=str(gate.artifacts.meta["model"]), intents="2") == 0
+                          model=str(sidecar.app.state.gate_state.gate.artifacts_.meta["model"]), intents="3") == 1
+    assert sidecar.metric("gatekeeper_catalog_info", catalog="shop", fingerprint=gate.artifacts_.fingerprint,
+                          model=str(gate.artifacts_.meta["model"]), intents="2") == 0
 
 
 @pytest.mark.parametrize(("broken", "expected"), [
@@ -100,7 +100,7 @@ def test_a_bad_catalog_is_refused_and_the_old_one_keeps_serving(shop, start_side
     assert error["problems"] and all(problem.startswith(str(path)) for problem in error["problems"])
     assert any(expected.lower() in problem.lower() for problem in error["problems"]), error["problems"]
     assert canned_reply(sidecar) == "Sorry, I only help with orders."
-    assert httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()["fingerprint"] == gate.artifacts.fingerprint
+    assert httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()["fingerprint"] == gate.artifacts_.fingerprint
     assert sidecar.metric("gatekeeper_reloads_total", result="failure") == 1
     assert sidecar.metric("gatekeeper_reloads_total", result="success") == 0
 

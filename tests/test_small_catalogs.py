@@ -24,25 +24,25 @@ FLOORS = {"one_intent_zh": (0.8, 0.9), "descriptions_zh": (0.6, 0.85), "no_oos_e
 
 @pytest.mark.parametrize("stem", sorted(FLOORS))
 def test_small_catalog_gates_held_out_messages(stem, use_embedder):
-    gate = Gate.load(CATALOGS / f"{stem}.yaml", embedder=use_embedder)
+    gate = Gate(embedder=use_embedder).fit(CATALOGS / f"{stem}.yaml")
     accepted = [d.accepted for d in gate.decide_many(HELDOUT[stem]["in_scope"])]
     rejected = [not d.accepted for d in gate.decide_many(HELDOUT[stem]["off_topic"])]
     floor_in, floor_off = FLOORS[stem]
     assert sum(accepted) / len(accepted) >= floor_in, gate.decide_many(HELDOUT[stem]["in_scope"])
     assert sum(rejected) / len(rejected) >= floor_off
-    assert gate.artifacts.meta["pack_out_of_scope"] > 600  # the built-in pack is what it is contrasted with
+    assert gate.artifacts_.meta["pack_out_of_scope"] > 600  # the built-in pack is what it is contrasted with
 
 
 def test_one_intent_gate_refuses_weather_and_accepts_a_paraphrase(use_embedder):
-    gate = Gate.load(CATALOGS / "one_intent_zh.yaml", embedder=use_embedder)
+    gate = Gate(embedder=use_embedder).fit(CATALOGS / "one_intent_zh.yaml")
     weather, trousers = gate.decide_many(["今天天气怎么样", "我买的裤子想退"])
     assert not weather.accepted and trousers.accepted and trousers.intent == "退货申请"
-    assert gate.router.thresholds.global_threshold > 0  # a real threshold, not -1 (everything accepted)
+    assert gate.router_.thresholds.global_threshold > 0  # a real threshold, not -1 (everything accepted)
 
 
 def test_descriptions_only_gate_accepts_a_plain_paraphrase(use_embedder):
-    gate = Gate.load(CATALOGS / "descriptions_zh.yaml", embedder=use_embedder)
-    assert gate.artifacts.meta["scorer"] == "nearest"
+    gate = Gate(embedder=use_embedder).fit(CATALOGS / "descriptions_zh.yaml")
+    assert gate.artifacts_.meta["scorer"] == "nearest"
     refund, parcel, poem = gate.decide_many(["我买的东西想退货退款", "我的快递到哪了", "帮我写一首关于秋天的诗"])
     assert (refund.accepted, refund.intent) == (True, "退货退款")
     assert (parcel.accepted, parcel.intent) == (True, "物流查询")

@@ -185,7 +185,7 @@ def test_tune_shows_before_and_after_and_keeps_the_previous_tuning(shop):
 
 
 def test_preview_says_what_tune_would_change_without_writing(shop, use_embedder):
-    gate = Gate.load(shop, embedder=use_embedder)
+    gate = Gate(embedder=use_embedder).fit(shop)
     rows = [(row["text"], row["label"]) for row in ROWS]
     before = files(shop.parent)
     result = preview(gate, rows, Policy(max_false_reject=0.1), oos_labels=["chat"])
@@ -202,7 +202,7 @@ def test_preview_says_what_tune_would_change_without_writing(shop, use_embedder)
 
 def test_rows_with_context_are_scored_the_way_the_sidecar_decided_them(shop, use_embedder, telecom_gate,
                                                                          fake_upstream, start_sidecar, tmp_path):
-    gate = Gate.load(shop, embedder=use_embedder)
+    gate = Gate(embedder=use_embedder).fit(shop)
     log_path = tmp_path / "decisions.jsonl"
     sidecar = start_sidecar(gate, upstream_base_url=fake_upstream.base_url, decision_log=str(log_path))
     response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", timeout=10, json={"model": "m", "messages": [
@@ -235,13 +235,13 @@ def tuned_shop(shop: Path) -> dict:
 def test_a_catalog_edit_re_derives_the_thresholds_with_the_same_policy(shop, use_embedder, start_sidecar):
     saved = tuned_shop(shop)
     tuning_bytes = shop.with_name("shop.tuning.json").read_bytes()
-    gate = Gate.load(shop, embedder=use_embedder)
-    assert gate.tuning_status == "re-derived" and gate.tuning_problem is None
-    assert gate.artifacts.fingerprint != saved["fingerprint"] == json.loads(tuning_bytes)["fingerprint"]
-    assert gate.tuning.fingerprint == gate.artifacts.fingerprint and gate.router.thresholds.source == "tuned"
-    assert gate.tuning.policy == saved["policy"] and gate.tuning.stored_rows == saved["stored_rows"]
-    assert gate.tuning.validation["false_reject_rate"] <= saved["policy"]["max_false_reject"]
-    assert gate.tuning_version is not None and shop.with_name("shop.tuning.json").read_bytes() == tuning_bytes
+    gate = Gate(embedder=use_embedder).fit(shop)
+    assert gate.tuning_status_ == "re-derived" and gate.tuning_problem_ is None
+    assert gate.artifacts_.fingerprint != saved["fingerprint"] == json.loads(tuning_bytes)["fingerprint"]
+    assert gate.tuning_.fingerprint == gate.artifacts_.fingerprint and gate.router_.thresholds.source == "tuned"
+    assert gate.tuning_.policy == saved["policy"] and gate.tuning_.stored_rows == saved["stored_rows"]
+    assert gate.tuning_.validation["false_reject_rate"] <= saved["policy"]["max_false_reject"]
+    assert gate.tuning_version_ is not None and shop.with_name("shop.tuning.json").read_bytes() == tuning_bytes
     sidecar = start_sidecar(gate)
     ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()
     assert (ready["tuning"], ready["tuning_problem"]) == ("re-derived", None)
@@ -257,8 +257,8 @@ def test_without_its_stored_rows_the_tuning_is_stale_and_says_so(shop, use_embed
     assert "tuning                     stale" in built.stdout and "threshold_source           auto" in built.stdout
     assert "warning: tuning stale: the catalog or model changed since 'gatekeeper tune'" in built.stderr
     assert f"{stored}: the labelled rows tune stored are missing" in built.stderr
-    gate = Gate.load(shop, embedder=use_embedder)
-    assert gate.tuning_status == "stale" and gate.tuning is None
+    gate = Gate(embedder=use_embedder).fit(shop)
+    assert gate.tuning_status_ == "stale" and gate.tuning_ is None
     sidecar = start_sidecar(gate)
     ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()
     assert ready["ready"] is True and ready["tuning"] == "stale" and "tuning.data.jsonl" in ready["tuning_problem"]
@@ -270,6 +270,6 @@ def test_a_renamed_intent_makes_the_tuning_stale_naming_the_label(shop, use_embe
     renamed = json.loads(json.dumps(SHOP))
     renamed["intents"][1]["name"] = "退款申请"
     write_catalog(shop, renamed)
-    gate = Gate.load(shop, embedder=use_embedder)
-    assert gate.tuning_status == "stale"
-    assert "'退款': 18 rows; did you mean '退款申请'?" in gate.tuning_problem
+    gate = Gate(embedder=use_embedder).fit(shop)
+    assert gate.tuning_status_ == "stale"
+    assert "'退款': 18 rows; did you mean '退款申请'?" in gate.tuning_problem_

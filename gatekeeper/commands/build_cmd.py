@@ -21,19 +21,19 @@ def register(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Build, then summarise: intents, examples, model, dim, thresholds and the tuning's status, time."""
     gate = load_gate(catalog_arg(args), rebuild=args.rebuild, threads=args.threads)
-    meta = gate.artifacts.meta
+    meta = gate.artifacts_.meta
     summary = {
-        "catalog": meta["catalog"], "status": "built" if gate.rebuilt else "up to date",
-        "intents": len(meta["intents"]), "conversation_pack_intents": len(gate.catalog.pack_intents),
+        "catalog": meta["catalog"], "status": "built" if gate.rebuilt_ else "up to date",
+        "intents": len(meta["intents"]), "conversation_pack_intents": len(gate.catalog_.pack_intents),
         "examples": meta["examples"], "out_of_scope": meta["out_of_scope"],
         "out_of_scope_pack": meta["pack_out_of_scope"], "out_of_scope_pack_dropped": meta["pack_dropped"],
-        "prototypes": meta["prototypes"], "embedded": meta["embedded"] if gate.rebuilt else 0,
+        "prototypes": meta["prototypes"], "embedded": meta["embedded"] if gate.rebuilt_ else 0,
         "model": meta["model"], "dim": meta["dim"], "index": meta["index"], "scorer": meta["scorer"],
         "lexical_features": meta["lexical_features"],
-        "threshold": gate.router.thresholds.global_threshold, "threshold_source": gate.router.thresholds.source,
-        "tuning": gate.tuning_status, "build_seconds": meta["build_seconds"],
+        "threshold": gate.router_.thresholds.global_threshold, "threshold_source": gate.router_.thresholds.source,
+        "tuning": gate.tuning_status_, "build_seconds": meta["build_seconds"],
     }
-    warnings = [*gate.catalog.warnings, *([f"tuning stale: {gate.tuning_problem}"] if gate.tuning_problem else [])]
+    warnings = [*gate.catalog_.warnings, *([f"tuning stale: {gate.tuning_problem_}"] if gate.tuning_problem_ else [])]
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:

@@ -47,7 +47,7 @@ def load_gate(catalog_path: str, rebuild: bool = False, threads: int = 1) -> Gat
 
     update, close = build_progress()
     try:
-        return Gate.load(catalog_path, progress=update, rebuild=rebuild, threads=threads)
+        return Gate(threads=threads, rebuild=rebuild).fit(catalog_path, progress=update)
     finally:
         close()
 

@@ -77,9 +77,9 @@ def run(args: argparse.Namespace) -> int:
     gate = load_gate(catalog_path)
     rows = labelled_rows(args.data, args.format, args.text_field, args.label_field)
     scored = score_rows(gate, rows, oos_labels(args), show_progress=not args.json, source=args.data)
-    thresholds, names = gate.router.thresholds.per_intent, gate.catalog.intent_names()
+    thresholds, names = gate.router_.thresholds.per_intent, gate.catalog_.intent_names()
     result = metrics(scored, thresholds)
-    result["threshold_source"] = gate.router.thresholds.source
+    result["threshold_source"] = gate.router_.thresholds.source
     intents = per_intent_metrics(scored, thresholds, names)
     errors = error_rows(scored, thresholds, names)
     result["per_intent"] = [asdict(quality) for quality in intents]
@@ -164,7 +164,7 @@ def _print_header(catalog_path: str, gate: Gate, data: str, n_read: int, result:
     n, n_oos = result["n"], result["n_oos"]
     skipped = f" ({n_read - n} rows with an empty text skipped)" if n_read > n else ""
     source = THRESHOLD_SOURCES[result["threshold_source"]].format(tuning=tuning_path(catalog_path))
-    print(f"catalog     {catalog_path} ({gate.catalog.name}, {len(gate.catalog.intents)} intents)")
+    print(f"catalog     {catalog_path} ({gate.catalog_.name}, {len(gate.catalog_.intents)} intents)")
     print(f"data        {data}")
     print(f"rows        {n}: {n - n_oos} in scope, {n_oos} off topic{skipped}")
     print(f"thresholds  {source}")

@@ -4,7 +4,6 @@ conversations (``--conversation FILE``) as the sidecar decides them."""
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         if args.texts:
             raise UserError("give either messages or --conversation FILE, not both")
         for conversation in read_conversations(args.conversation):
-            _emit_turn(decide_conversation(gate, conversation), args.json)
+            _emit_turn(gate.decide_conversation(conversation), args.json)
         return 0
     if args.texts:
         _emit(gate.decide_many(args.texts), args.json)
@@ -95,19 +94,6 @@ def read_conversations(path: str) -> list[list[dict]]:
     if not conversations:
         raise UserError(f"{path}: no conversation in the file")
     return conversations
-
-
-def decide_conversation(gate, messages: list[dict]):
-    """The sidecar's decision on a conversation's latest user message (a :class:`TurnDecision`)."""
-    from gatekeeper.conversation import FollowupPolicy, decide_turn, gated_texts
-
-    texts = gated_texts(messages)
-
-    async def embed(batch):
-        return gate.embed(batch)
-
-    return asyncio.run(decide_turn(gate, embed, texts.latest, texts.previous, FollowupPolicy(), texts.others,
-                                   texts.replies))
 
 
 def _emit_turn(turn, as_json: bool) -> None:

@@ -73,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
     print(f"policy {result.tuning.policy['kind']}: threshold {chosen.threshold:.4f}, "
           f"false-reject rate {chosen.false_reject_rate:.1%}, OOS recall {chosen.oos_recall:.1%}")
     if result.tuning.per_intent:
-        print(f"per-intent thresholds: {len(result.tuning.per_intent)} of {len(gate.catalog.intents)} intents")
+        print(f"per-intent thresholds: {len(result.tuning.per_intent)} of {len(gate.catalog_.intents)} intents")
     auroc = result.tuning.validation.get("auroc")
     print(f"validation AUROC {auroc:.4f}" if auroc is not None else "validation AUROC n/a")
     if args.report:
-        for written in write_report(args.report, result, gate.catalog.name):
+        for written in write_report(args.report, result, gate.catalog_.name):
             print(f"wrote {written}")
     print(f"took {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 from urllib.parse import quote
@@ -77,8 +77,8 @@ class ReviewSession:
         if gate is None:
             from gatekeeper.commands.common import load_gate
             gate = load_gate(str(catalog_path))
-        if not isinstance(gate.embedder, QueryCachingEmbedder):
-            gate = replace(gate, embedder=QueryCachingEmbedder(gate.embedder))
+        if not isinstance(gate.embedder_, QueryCachingEmbedder):
+            gate = gate.with_embedder(QueryCachingEmbedder(gate.embedder_))
         items = order_items(decide_missing(gate, messages.items, progress), near)
         return cls(gate=gate, items=items, store=store, log_path=str(log_path), catalog_path=str(catalog_path),
                    policy=policy or Policy(), near=near, min_rows=min_rows, warnings=messages.warnings)
@@ -87,9 +87,9 @@ class ReviewSession:
 
     def intents(self) -> list[dict]:
         """The catalog's intents for the picker: name, description, and whether a built-in pack brought it."""
-        packs = set(self.gate.catalog.pack_intents)
+        packs = set(self.gate.catalog_.pack_intents)
         return [{"name": intent.name, "description": intent.description, "pack": intent.name in packs}
-                for intent in self.gate.catalog.intents]
+                for intent in self.gate.catalog_.intents]
 
     def state(self) -> dict:
         """Everything the page shows at load."""
@@ -121,7 +121,7 @@ class ReviewSession:
         elif action == "skip":
             state = SKIP
         elif action == "label":
-            state = resolve_label(intent or "", self.gate.catalog.intent_names())
+            state = resolve_label(intent or "", self.gate.catalog_.intent_names())
             if state in (None, SKIP):
                 raise LookupError(f"{intent!r} is not an intent of the catalog {self.catalog_path}")
         else:
@@ -184,14 +184,14 @@ class ReviewSession:
             scored = score_rows(self.gate, rows, {OOS_LABEL}, show_progress=False, source=str(self.store.path))
         except UserError as error:
             return {"error": str(error)}
-        figures = metrics(scored, self.gate.router.thresholds.per_intent)
+        figures = metrics(scored, self.gate.router_.thresholds.per_intent)
         n_in = figures["n"] - figures["n_oos"]
         frr, recall = figures["false_reject_rate"], figures["oos_recall"]
         return {"n": figures["n"], "n_in_scope": n_in, "n_oos": figures["n_oos"],
                 "false_reject_rate": frr, "false_rejects": None if frr is None else round(frr * n_in),
                 "oos_recall": recall, "oos_caught": None if recall is None else round(recall * figures["n_oos"]),
-                "threshold": self.gate.router.thresholds.global_threshold,
-                "threshold_source": self.gate.router.thresholds.source}
+                "threshold": self.gate.router_.thresholds.global_threshold,
+                "threshold_source": self.gate.router_.thresholds.source}
 
     def _preview(self, rows: list[tuple]) -> dict:
         """What ``gatekeeper tune --dry-run`` would change with the session's policy, or the reason it cannot tell."""

@@ -25,7 +25,6 @@ log's order.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 from dataclasses import dataclass, field, replace
@@ -225,10 +224,8 @@ def decide_missing(gate, items: Sequence[ReviewItem], progress: Callable[[int], 
 
     A message without context is decided alone; one with context as the
     sidecar decides the latest turn of a conversation
-    (:func:`gatekeeper.conversation.decide_turn` with the default follow-up policy).
+    (:meth:`gatekeeper.gate.Gate.decide_turn` with the default follow-up policy).
     """
-    from gatekeeper.conversation import FollowupPolicy, decide_turn
-
     undecided = [i for i, item in enumerate(items) if item.score is None or item.threshold is None]
     result = list(items)
     alone = [i for i in undecided if not items[i].context]
@@ -238,21 +235,11 @@ def decide_missing(gate, items: Sequence[ReviewItem], progress: Callable[[int], 
             result[i] = _decided(items[i], decision, followup=False)
         if progress:
             progress(len(chunk))
-    in_context = [i for i in undecided if items[i].context]
-
-    async def embed(texts: Sequence[str]):
-        return gate.embed(texts)
-
-    async def decide_all() -> None:
-        policy = FollowupPolicy()
-        for i in in_context:
-            turn = await decide_turn(gate, embed, items[i].text, items[i].context, policy)
-            result[i] = _decided(items[i], turn.decision, followup=turn.followup)
-            if progress:
-                progress(1)
-
-    if in_context:
-        asyncio.run(decide_all())
+    for i in (i for i in undecided if items[i].context):
+        turn = gate.decide_turn(items[i].text, items[i].context)
+        result[i] = _decided(items[i], turn.decision, followup=turn.followup)
+        if progress:
+            progress(1)
     return result
 
 

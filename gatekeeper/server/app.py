@@ -157,10 +157,10 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
             return JSONResponse(ReadyResponse(ready=False, error=state.load_error or "loading").model_dump(),
                                 status_code=503)
         current = state.gate
-        return JSONResponse(ReadyResponse(ready=True, catalog=current.catalog.name,
-                                          intents=len(current.catalog.intents),
-                                          fingerprint=current.artifacts.fingerprint, tuning=current.tuning_status,
-                                          tuning_problem=current.tuning_problem).model_dump())
+        return JSONResponse(ReadyResponse(ready=True, catalog=current.catalog_.name,
+                                          intents=len(current.catalog_.intents),
+                                          fingerprint=current.artifacts_.fingerprint, tuning=current.tuning_status_,
+                                          tuning_problem=current.tuning_problem_).model_dump())
 
     @app.get("/metrics", response_class=Response)
     async def prometheus_metrics() -> Response:

@@ -78,10 +78,10 @@ class DecisionLog:
         decided with, ``user`` the request's OpenAI ``user`` field (logged hashed)."""
         if self.sample < 1.0 and self._rng.random() >= self.sample:
             return
-        turns = [normalise(turn, gate.catalog.defaults.max_chars)[0] for turn in context]
+        turns = [normalise(turn, gate.catalog_.defaults.max_chars)[0] for turn in context]
         row: dict[str, object] = {
             "ts": datetime.now(timezone.utc).isoformat(timespec="milliseconds"), "request_id": current_request_id(),
-            "catalog": gate.catalog.name, "fingerprint": gate.artifacts.fingerprint, "tuning": gate.tuning_version,
+            "catalog": gate.catalog_.name, "fingerprint": gate.artifacts_.fingerprint, "tuning": gate.tuning_version_,
             "endpoint": endpoint, "mode": mode, "action": decision.action, "outcome": outcome,
             "accepted": decision.accepted, "intent": decision.intent, "score": decision.score,
             "threshold": decision.threshold, "reason": decision.reason, "followup": followup, "language": language,

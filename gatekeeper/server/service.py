@@ -116,7 +116,7 @@ class GateService:
     def reply(outcome: ChatOutcome) -> str:
         """The canned answer of a blocked request, in the message's language: the reject reply, or the
         accepted intent's reply or handoff message."""
-        router = outcome.gate.router
+        router = outcome.gate.router_
         if outcome.decision is None:
             return router.reject_reply(None, outcome.language)
         return router.reply(outcome.decision, outcome.language) or router.reject_reply(None, outcome.language)
@@ -164,7 +164,7 @@ class GateService:
 
     async def _embed(self, gate: Gate, texts: Sequence[str]) -> np.ndarray:
         try:
-            return await self.batcher.embed(gate.embedder, texts)
+            return await self.batcher.embed(gate.embedder_, texts)
         except Overloaded:  # shed with 503, not a decision: no policy applies
             raise
         except Exception as error:  # any encoder failure is subject to the failure policy

@@ -85,21 +85,21 @@ class GateState:
             self.load_error = None
             if count:
                 self.metrics.reloads.labels(result="success").inc()
-            summary = {"catalog": gate.catalog.name, "path": self.catalog_path, "intents": len(gate.catalog.intents),
-                       "fingerprint": gate.artifacts.fingerprint, "rebuilt": gate.rebuilt, "embedder_reused": reused,
+            summary = {"catalog": gate.catalog_.name, "path": self.catalog_path, "intents": len(gate.catalog_.intents),
+                       "fingerprint": gate.artifacts_.fingerprint, "rebuilt": gate.rebuilt_, "embedder_reused": reused,
                        "seconds": round(time.perf_counter() - started, 3)}
             log.info("catalog_loaded", extra=summary)
-            for warning in gate.catalog.warnings:
+            for warning in gate.catalog_.warnings:
                 log.warning("catalog_warning", extra={"catalog": self.catalog_path, "warning": warning})
             return summary
 
     def _build(self, current: Gate | None) -> tuple[Gate, bool]:
         catalog = load_catalog(self.catalog_path)
-        reuse = current.embedder if current is not None and current.catalog.model == catalog.model else None
-        gate = Gate.load(self.catalog_path, embedder=reuse, threads=self.threads, catalog=catalog)
+        reuse = current.embedder_ if current is not None and current.catalog_.model == catalog.model else None
+        gate = Gate(embedder=reuse, threads=self.threads).fit(catalog)
         if reuse is None:  # a lazily loaded model's first call is slow: not a user's; and its vectors must fit
             width = gate.embed([WARM_UP_TEXT]).shape[1]
-            built = gate.artifacts.meta.get("dim", width)
+            built = gate.artifacts_.meta.get("dim", width)
             if width != built:
                 raise EmbeddingError(f"the embedding model returns {width}-dimensional vectors, but the catalog's "
                                      f"index was built with {built}-dimensional ones: point the catalog's model "
@@ -109,8 +109,8 @@ class GateState:
 
     def _install(self, gate: Gate) -> None:
         self._gate = gate
-        self.metrics.set_catalog(catalog=gate.catalog.name, fingerprint=gate.artifacts.fingerprint,
-                                 model=str(gate.artifacts.meta.get("model", gate.embedder.fingerprint)),
-                                 intents=len(gate.catalog.intents))
-        self.metrics.keep_intents(gate.catalog.intent_names())
-        self.metrics.tuning_stale.set(gate.tuning_status == TUNING_STALE)
+        self.metrics.set_catalog(catalog=gate.catalog_.name, fingerprint=gate.artifacts_.fingerprint,
+                                 model=str(gate.artifacts_.meta.get("model", gate.embedder_.fingerprint)),
+                                 intents=len(gate.catalog_.intents))
+        self.metrics.keep_intents(gate.catalog_.intent_names())
+        self.metrics.tuning_stale.set(gate.tuning_status_ == TUNING_STALE)
