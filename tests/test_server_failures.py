@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 
@@ -27,7 +26,7 @@ class FailingEmbedder:
 @pytest.fixture
 def failing_gate(telecom_gate):
     """The telecom gate with an encoder that always fails."""
-    return dataclasses.replace(telecom_gate, embedder=FailingEmbedder())
+    return telecom_gate.with_embedder(FailingEmbedder())
 
 
 def post_chat(sidecar, body: dict, **kwargs) -> httpx.Response:

@@ -8,7 +8,6 @@ Real HTTP and raw sockets, on 127.0.0.1 only; every loop is bounded in count and
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import json
 import math
 import os
@@ -389,7 +388,7 @@ class SlowEmbedder:
 
 
 def test_a_full_encoder_queue_sheds_requests_with_503_and_retry_after(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(dataclasses.replace(telecom_gate, embedder=SlowEmbedder()), max_queued_texts=3,
+    sidecar = start_sidecar(telecom_gate.with_embedder(SlowEmbedder()), max_queued_texts=3,
                             gate_timeout_s=5, upstream_base_url=fake_upstream.base_url)
 
     async def burst() -> list[httpx.Response]:
