@@ -21,8 +21,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from scipy import sparse
-from sklearn.linear_model import LogisticRegression
 
+from gatekeeper.head_solver import HeadInputs, fit_multinomial
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.lexical import CharNgrams
 from gatekeeper.parallel import single_threaded
@@ -39,6 +39,8 @@ HEAD_TOL = 1e-4
 HEAD_MIN_EXAMPLES_PER_INTENT = 3
 #: Out-of-scope examples needed before they become a class of the head.
 HEAD_MIN_NEGATIVES = 5
+#: Bias of a head's class that had no rows to fit (a fold without an intent's examples): it never wins.
+ABSENT_CLASS_BIAS = -1e4
 
 
 @dataclass
@@ -53,10 +55,6 @@ class ScoreBatch:
     nearest_out_of_scope: np.ndarray
     #: (n, F) raw features that a calibrator combines (empty for uncalibrated scorers).
     features: np.ndarray = field(default_factory=lambda: np.zeros((0, 0), dtype=np.float32))
-
-
-#: Inputs of a head fit: the embeddings, dense, or the embeddings followed by n-gram features, sparse.
-HeadInputs = np.ndarray | sparse.csr_matrix
 
 
 class Scorer(Protocol):
@@ -207,10 +205,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 
 
 def head_inputs(vectors: np.ndarray, lexical_rows: sparse.csr_matrix | None) -> HeadInputs:
-    """What a head is fitted on: the embeddings, followed by the n-gram features if there are any."""
-    if lexical_rows is None:
-        return vectors
-    return sparse.hstack([sparse.csr_matrix(vectors), lexical_rows], format="csr", dtype=np.float32)
+    """What a head is fitted on: the embeddings and, if there are any, their n-gram features (two blocks)."""
+    return HeadInputs(vectors, lexical_rows)
 
 
 def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
@@ -218,8 +214,11 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
              ) -> tuple[np.ndarray, np.ndarray]:
     """Fit the multinomial head on :func:`head_inputs`; out-of-scope rows form class K if there are enough.
 
-    Call it inside :func:`gatekeeper.parallel.single_threaded_pool` (or
-    ``single_threaded``): one solver thread per fit is much faster here.
+    The objective is scikit-learn's ``LogisticRegression(C=HEAD_C)`` (tests
+    compare the two), solved by :func:`gatekeeper.head_solver.fit_multinomial`
+    without stacking the dense embedding into a sparse matrix. Call it inside
+    :func:`gatekeeper.parallel.single_threaded_pool` (or ``single_threaded``):
+    one BLAS thread per fit is much faster here.
 
     Returns weights (d, K or K+1) and biases, with columns in intent order.
     ``init`` is an earlier head of the same shape to start from (a warm start:
@@ -228,33 +227,28 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     negatives = labels == OUT_OF_SCOPE
     use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
     keep = np.ones(len(labels), bool) if use_negatives else ~negatives
-    targets = np.where(negatives, n_intents, labels)[keep]
     n_classes = n_intents + (1 if use_negatives else 0)
-    model = LogisticRegression(C=HEAD_C, max_iter=HEAD_MAX_ITER, tol=tol)
+    present, targets = np.unique(np.where(negatives, n_intents, labels)[keep], return_inverse=True)
+    start = None
     if init is not None and init[0].shape == (inputs.shape[1], n_classes):
-        model.warm_start = True
-        model.coef_, model.intercept_ = _to_sklearn(init[0][:, np.unique(targets)], init[1][np.unique(targets)])
-    model.fit(inputs[keep], targets)
-    coef, intercept = model.coef_, model.intercept_
-    if len(model.classes_) == 2:  # binary models store one row: expand to two symmetric columns
-        coef = np.vstack([-coef[0], coef[0]]) / 2
-        intercept = np.array([-intercept[0], intercept[0]]) / 2
+        start_bias = init[1][present]
+        start = init[0][:, present], np.where(start_bias == ABSENT_CLASS_BIAS, 0.0, start_bias)
+    # scikit-learn fits two classes as one binary model, penalising its one weight vector, the difference
+    # of the two columns here: twice the penalty on the columns gives the same optimum.
+    penalty = (2.0 if len(present) == 2 else 1.0) / (HEAD_C * len(targets))
+    fitted = fit_multinomial(inputs[keep], targets, len(present), penalty, tol, HEAD_MAX_ITER, start)
     weights = np.zeros((inputs.shape[1], n_classes), dtype=np.float32)
-    bias = np.full(n_classes, -1e4, dtype=np.float32)  # a class with no rows can never win
-    weights[:, model.classes_] = coef.T
-    bias[model.classes_] = intercept
+    bias = np.full(n_classes, ABSENT_CLASS_BIAS, dtype=np.float32)
+    weights[:, present] = fitted.weights
+    bias[present] = fitted.bias
     return weights, bias
-
-
-def _to_sklearn(weights: np.ndarray, bias: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Head columns (d, k) as scikit-learn's ``coef_`` (k, d) and ``intercept_``; one row for two classes."""
-    if weights.shape[1] == 2:
-        return (weights[:, 1] - weights[:, 0])[None, :].astype(np.float64), np.array([bias[1] - bias[0]], float)
-    return weights.T.astype(np.float64), bias.astype(np.float64)
 
 
 def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
     """Logistic regression of in-scope (True) vs out-of-scope on standardised features."""
+    # Imported at fit time only: loading a built catalog stays light.
+    from sklearn.linear_model import LogisticRegression
+
     mean = features.mean(axis=0)
     scale = features.std(axis=0)
     scale[scale < 1e-9] = 1.0

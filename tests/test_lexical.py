@@ -19,8 +19,8 @@ from gatekeeper.commands.import_cmd import document_from_pairs
 from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
 from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, realign
-from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams
-from gatekeeper.scoring import HeadScorer
+from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams, char_wb_ngrams
+from gatekeeper.scoring import HeadScorer, head_inputs
 from tests.conftest import INTENTS, SHARED_DATA
 
 TEXTS = ["我要查话费", "帮我查一下话费余额", "话费怎么这么贵", "check my balance", "what is my balance", "套餐怎么改"]
@@ -45,12 +45,27 @@ def test_state_round_trips_without_pickles(tmp_path):
     assert (rebuilt.transform(probe) != lexical.transform(probe)).nnz == 0
 
 
-def test_transform_equals_scikit_learns():
-    """The lean transform gives scikit-learn's TF-IDF values (same analyzer, vocabulary and IDF)."""
-    reference = TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=MIN_TEXTS,
-                                dtype=np.float32).fit(TEXTS)
+def _reference() -> TfidfVectorizer:
+    """scikit-learn's vectorizer with the settings :mod:`gatekeeper.lexical` reproduces."""
+    return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=MIN_TEXTS,
+                           dtype=np.float32)
+
+
+def test_ngrams_equal_scikit_learns_char_wb_analyzer():
+    analyze = _reference().build_analyzer()
+    probe = TEXTS + ["Balance!! balance?? 话费话费话费", "", "   ", "a", "ab", "abc", "I  O\tU\n\nx\u3000y\xa0z",
+                     "ÄÖÜ Straße İstanbul", "  leading and trailing  ", "5G套餐 vs 4G", "emoji 😀 ok"]
+    for text in probe:
+        assert char_wb_ngrams(text) == analyze(text), text
+
+
+def test_fit_and_transform_equal_scikit_learns():
+    """The vocabulary, IDF and TF-IDF values of scikit-learn's vectorizer (same n-grams and settings)."""
+    reference = _reference().fit(TEXTS)
     lexical, fitted_rows = CharNgrams.fit_transform(TEXTS)
-    np.testing.assert_allclose(fitted_rows.toarray(), lexical.transform(TEXTS).toarray(), atol=1e-6)
+    assert lexical.vocabulary.tolist() == reference.get_feature_names_out().tolist()
+    np.testing.assert_allclose(lexical.idf, reference.idf_, rtol=1e-6)
+    np.testing.assert_allclose(fitted_rows.toarray(), reference.transform(TEXTS).toarray(), atol=1e-6)
     probe = TEXTS + ["Balance!! balance?? 话费话费话费", "", "nothing known here: xyz", "查"]
     ours, theirs = lexical.transform(probe), reference.transform(probe)
     assert ours.shape == theirs.shape and (ours != 0).toarray().tolist() == (theirs != 0).toarray().tolist()
@@ -164,7 +179,7 @@ def test_fit_progress_hears_every_head():
     labels = np.repeat(np.arange(3), 20).astype(np.int32)
     texts = [f"message {i}" for i in range(60)]
     heard: list[tuple[int, int]] = []
-    heads, _ = fit_heads(vectors, np.array([], dtype=str), labels, 3, fold_ids(texts), None,
+    heads, _ = fit_heads(head_inputs(vectors, None), np.array([], dtype=str), labels, 3, fold_ids(texts), None,
                          lambda fold, head: None, on_fitted=lambda done, total: heard.append((done, total)))
     assert sorted(heard) == [(done, CROSS_FIT_FOLDS + 1) for done in range(1, CROSS_FIT_FOLDS + 2)]
     assert heads.full[0].shape == (8, 3) and len(heads.folds) == CROSS_FIT_FOLDS
