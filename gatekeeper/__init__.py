@@ -25,7 +25,7 @@ _EXPORTS = {
     "Decision": "gatekeeper.router",
     "TurnDecision": "gatekeeper.conversation",
     "FollowupPolicy": "gatekeeper.conversation_model",
-    "Policy": "gatekeeper.tune",
+    "Policy": "gatekeeper.thresholds",
     "Catalog": "gatekeeper.catalog_schema",
     "load_catalog": "gatekeeper.catalog",
     "GatekeeperError": "gatekeeper.errors",
@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from gatekeeper.errors import CatalogError, EmbeddingError, GatekeeperError, UserError
     from gatekeeper.gate import Gate, NotFittedError
     from gatekeeper.router import Decision
-    from gatekeeper.tune import Policy
+    from gatekeeper.thresholds import Policy
 
 
 def __getattr__(name: str) -> Any:

@@ -8,13 +8,13 @@ into one :class:`CatalogError` so a user can fix them in one pass.
 from __future__ import annotations
 
 import difflib
-import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from gatekeeper import environment
 from gatekeeper.catalog_checks import check_catalog, ime_punctuation_problems, text_key
 from gatekeeper.catalog_schema import (Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings,
                                        intent_key)
@@ -22,7 +22,6 @@ from gatekeeper.errors import CatalogError, CatalogProblem
 
 CATALOG_SUFFIXES = (".yaml", ".yml")
 DEFAULT_CATALOG = "intents"
-CATALOG_ENV = "GATEKEEPER_CATALOG"
 #: The built-in packs shipped inside the package.
 PACKS = Path(__file__).parent / "packs"
 CONVERSATION_PACK = PACKS / "conversation.yaml"
@@ -30,7 +29,7 @@ CONVERSATION_PACK = PACKS / "conversation.yaml"
 
 def default_catalog_path() -> str:
     """The catalog used when ``--catalog`` is not given: ``$GATEKEEPER_CATALOG`` or ``intents/``."""
-    return os.environ.get(CATALOG_ENV, DEFAULT_CATALOG)
+    return environment.read(environment.CATALOG, DEFAULT_CATALOG)
 
 
 def catalog_files(path: str | Path) -> list[Path]:
@@ -44,7 +43,7 @@ def catalog_files(path: str | Path) -> list[Path]:
         return files
     if not path.exists():
         raise CatalogError([CatalogProblem(str(path), 0, "", "no such file or directory; pass --catalog PATH "
-                                           f"or set {CATALOG_ENV}")])
+                                           f"or set {environment.CATALOG}")])
     return [path]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from typing import Callable, NamedTuple, Sequence
@@ -44,19 +43,6 @@ COMMANDS = {
 
 
 Command = Callable[[argparse.Namespace], int]
-
-
-def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
-    """The shared ``--catalog`` flag (defaults to ``$GATEKEEPER_CATALOG`` or ``intents/``)."""
-    parser.add_argument("--catalog", default=None,
-                        help="catalog file or directory (default: $GATEKEEPER_CATALOG or intents/)")
-
-
-def catalog_arg(args: argparse.Namespace) -> str:
-    """The catalog path of a parsed command line."""
-    from gatekeeper.catalog import default_catalog_path
-
-    return args.catalog or default_catalog_path()
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -110,8 +96,3 @@ def _stdout_closed() -> int:
     devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, sys.stdout.fileno())
     return 0
-
-
-def print_json(obj: object) -> None:
-    """One JSON object per line, UTF-8 kept readable."""
-    print(json.dumps(obj, ensure_ascii=False), flush=True)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 
+from gatekeeper import environment
 from gatekeeper.errors import UserError
 
 #: The levels a user may set (the sidecar's log_level setting accepts the same).
@@ -36,7 +36,7 @@ def configure_logging(level: str | None = None) -> None:
 
     Raises :class:`UserError` for a level that is not one of :data:`LEVELS`.
     """
-    name = (level or os.environ.get("GATEKEEPER_LOG_LEVEL", "info")).lower()
+    name = (level or environment.read(environment.LOG_LEVEL, "info")).lower()
     if name not in LEVELS:
         raise UserError(f"log level {name!r} (GATEKEEPER_LOG_LEVEL or log_level) is not a level; "
                         f"use one of {', '.join(LEVELS)}")

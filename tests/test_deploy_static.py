@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gatekeeper.build import STATE_ENV
-from gatekeeper.catalog import CATALOG_ENV, load_catalog
+from gatekeeper import environment
+from gatekeeper.catalog import load_catalog
 from gatekeeper.server.config import ServerSettings, env_name
 from tests.conftest import INTENTS, REPO
 from tests.deploy_support import DASHBOARD, DEPLOY, METRICS, load_dashboard, panel_queries, require
@@ -29,7 +29,7 @@ GRAFANA_PROVISIONING = DEPLOY / "grafana" / "provisioning"
 #: Kubernetes versions the manifests must be valid for: the oldest still common, and the newest known.
 K8S_VERSIONS = ["1.29", "1.37"]
 #: Environment variables the server reads besides its settings fields.
-OTHER_ENV = {STATE_ENV, CATALOG_ENV, "GATEKEEPER_CONFIG", "GATEKEEPER_EMBEDDING_API_KEY"}
+OTHER_ENV = {environment.STATE_DIR, environment.CATALOG, environment.CONFIG, "GATEKEEPER_EMBEDDING_API_KEY"}
 
 
 def known_env() -> set[str]:

@@ -1,8 +1,10 @@
-"""What several subcommands share: loading a gate with a progress bar, reading labelled data files."""
+"""What several subcommands share: the ``--catalog`` flag, JSON output, loading a gate with a progress bar,
+reading labelled data files."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -13,6 +15,24 @@ from gatekeeper.progress import build_progress
 
 if TYPE_CHECKING:
     from gatekeeper.gate import Gate
+
+
+def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
+    """The shared ``--catalog`` flag (defaults to ``$GATEKEEPER_CATALOG`` or ``intents/``)."""
+    parser.add_argument("--catalog", default=None,
+                        help="catalog file or directory (default: $GATEKEEPER_CATALOG or intents/)")
+
+
+def catalog_arg(args: argparse.Namespace) -> str:
+    """The catalog path of a parsed command line."""
+    from gatekeeper.catalog import default_catalog_path
+
+    return args.catalog or default_catalog_path()
+
+
+def print_json(obj: object) -> None:
+    """One JSON object per line, UTF-8 kept readable."""
+    print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
 def add_oos_label_argument(parser: argparse.ArgumentParser) -> None:

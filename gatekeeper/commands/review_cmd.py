@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from gatekeeper.cli import add_catalog_argument, catalog_arg
+from gatekeeper.commands.common import add_catalog_argument, catalog_arg
 from gatekeeper.errors import UserError
 from gatekeeper.review.ordering import DEFAULT_NEAR
 

@@ -7,8 +7,7 @@ import argparse
 import json
 import sys
 
-from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
-from gatekeeper.commands.common import load_gate
+from gatekeeper.commands.common import add_catalog_argument, catalog_arg, load_gate, print_json
 from gatekeeper.errors import UserError
 from gatekeeper.router import Decision
 

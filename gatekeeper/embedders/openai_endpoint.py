@@ -9,11 +9,11 @@ the first reply had (or ``dimensions``), else :class:`EmbeddingError`.
 
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
 
+from gatekeeper import environment
 from gatekeeper.embedders.base import EmbeddingError, normalise_rows, query_texts, settings_fingerprint
 
 
@@ -29,7 +29,7 @@ class OpenAIEndpointEmbedder:
             raise EmbeddingError("the openai embedding backend needs model.base_url and model.model "
                                  "in the catalog (e.g. http://127.0.0.1:8000/v1 and Qwen/Qwen3-Embedding-0.6B)")
         # Local servers usually take any key; a real key is read from the environment, never the catalog.
-        api_key = os.environ.get(api_key_env) or "unused"
+        api_key = environment.read(api_key_env, "unused")
         self._client = openai.OpenAI(base_url=base_url, api_key=api_key, timeout=timeout_s,
                                      max_retries=max_retries)
         self._model = model

@@ -11,7 +11,6 @@ would show them in ``ps``; they are masked whenever settings are printed.
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 from typing import Any, Literal, Mapping, get_args, get_origin
 from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, urlunsplit
@@ -19,11 +18,10 @@ from urllib.parse import parse_qsl, unquote, unquote_plus, urlencode, urlsplit, 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from gatekeeper import environment
 from gatekeeper.catalog import default_catalog_path
 from gatekeeper.errors import UserError
 
-ENV_PREFIX = "GATEKEEPER_"
-CONFIG_ENV = "GATEKEEPER_CONFIG"
 MASK = "***"
 
 Mode = Literal["enforce", "shadow"]
@@ -94,6 +92,8 @@ class ServerSettings(BaseModel):
     admin_token: SecretStr | None = Field(None, description="bearer token for POST /admin/reload "
                                                             "(env or file only; unset: endpoint disabled)")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+    access_log_sample: float = Field(0.0, ge=0, le=1, description="share of HTTP requests logged as JSON 'access' "
+                                     "lines (method, path, status, ms, request id) at info level; 0: none")
     keep_alive_s: int = Field(10, ge=1, description="idle client connections are kept this long (uvicorn "
                                                     "timeout_keep_alive); keep it above the callers' and load "
                                                     "balancer's idle expiry (httpx and the openai client: 5 s)")
@@ -112,7 +112,7 @@ SECRET_FIELDS = frozenset(name for name, field in ServerSettings.model_fields.it
 
 def env_name(field: str) -> str:
     """The environment variable of a settings field: ``GATEKEEPER_`` + upper-case name."""
-    return ENV_PREFIX + field.upper()
+    return environment.PREFIX + field.upper()
 
 
 #: How to configure an upstream, for the errors of requests that need one.
@@ -124,7 +124,7 @@ RETRY_AFTER_S = 1
 def add_settings_flags(parser: argparse.ArgumentParser) -> None:
     """Add a ``--flag`` for every non-secret field (default None, so unset flags don't override)."""
     parser.add_argument("--config", metavar="FILE.yaml", default=None,
-                        help=f"YAML config file with settings keys (default: ${CONFIG_ENV})")
+                        help=f"YAML config file with settings keys (default: ${environment.CONFIG})")
     for name, field in ServerSettings.model_fields.items():
         if name in SECRET_FIELDS:
             continue
@@ -147,8 +147,8 @@ def resolve_settings(flags: Mapping[str, Any], env: Mapping[str, str] | None = N
     field, where its value came from ('default', 'file', 'env' or 'flag').
     Raises :class:`UserError` naming the field and source of any bad value.
     """
-    env = os.environ if env is None else env
-    config_file = config_file or env.get(CONFIG_ENV)
+    env = environment.snapshot() if env is None else env
+    config_file = config_file or env.get(environment.CONFIG)
     layers: list[tuple[str, dict[str, Any]]] = []
     if config_file:
         layers.append(("file", _read_config_file(Path(config_file))))
@@ -221,7 +221,7 @@ def describe(settings: ServerSettings, sources: Mapping[str, str]) -> str:
 
 def _read_config_file(path: Path) -> dict[str, Any]:
     if not path.is_file():
-        raise UserError(f"{path}: config file not found; pass --config FILE.yaml or unset {CONFIG_ENV}")
+        raise UserError(f"{path}: config file not found; pass --config FILE.yaml or unset {environment.CONFIG}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as error:
