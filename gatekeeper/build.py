@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from contextlib import closing
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from scipy import sparse
 
+from gatekeeper import environment
 from gatekeeper.catalog_checks import text_key
 from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
@@ -27,16 +26,15 @@ from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids,
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
 from gatekeeper.lexical import CharNgrams
 from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
-from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, HeadScorer, NearestPrototypeScorer, Scorer, fit_calibrator,
-                                head_inputs, load_scorer, nearest_similarities, uses_head)
-from gatekeeper.thresholds import threshold_for_false_reject
+from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
+                                Scorer, fit_calibrator, head_inputs, load_scorer, nearest_similarities, uses_head)
+from gatekeeper.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 
 #: Bump whenever what a build produces changes, so old saves rebuild
-#: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack).
-ARTIFACT_VERSION = 4
-STATE_ENV = "GATEKEEPER_STATE_DIR"
-#: Default policy for ``threshold: auto``: at most this share of in-scope messages wrongly rejected.
-AUTO_FALSE_REJECT = 0.05
+#: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack;
+#: v5: calibrator features with the row left out of the index, pack messages also without their category,
+#: and the ``auto`` estimate).
+ARTIFACT_VERSION = 5
 #: Zero-shot ``auto``: at most this share of held-out out-of-scope examples accepted.
 AUTO_NEGATIVES_ACCEPTED = 0.1
 
@@ -104,8 +102,8 @@ def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
 def state_dir(catalog_path: str | Path) -> Path:
     """Where a catalog's built artifacts live: ``$GATEKEEPER_STATE_DIR`` or ``.gatekeeper/`` beside it."""
     path = Path(catalog_path).resolve()
-    root = Path(os.environ[STATE_ENV]) if os.environ.get(STATE_ENV) else path.parent / ".gatekeeper"
-    return root / path.stem
+    root = environment.read(environment.STATE_DIR)
+    return (Path(root) if root else path.parent / ".gatekeeper") / path.stem
 
 
 def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder,
@@ -155,12 +153,17 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     else:
         vectors, embedded = embedder.encode(texts), total
         advance(total)
-    prototypes, vectors, pack_kept = _add_pack(prototypes, pack, vectors)
+    own_rows = len(prototypes.texts)
+    prototypes, vectors, kept_categories = _add_pack(prototypes, pack, vectors)
+    pack_kept = len(kept_categories)
     index = PrototypeIndex.build(vectors, prototypes.labels)
     n_intents = len(catalog.intents)
     own = [i for i, name in enumerate(catalog.intent_names()) if name not in catalog.pack_intents]
-    scorer, auto_threshold, heads = _fit_scorer(index, n_intents, own, prototypes.texts,
-                                                catalog.scorer.lexical_features, previous, progress)
+    category_ids = {category: number for number, category in enumerate(dict.fromkeys(kept_categories))}
+    groups = np.array([-1] * own_rows + [category_ids[category] for category in kept_categories], dtype=np.int32)
+    scorer, auto_threshold, heads, estimate = _fit_scorer(index, n_intents, own, prototypes.texts,
+                                                          catalog.scorer.lexical_features, previous, progress,
+                                                          groups)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -177,6 +180,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "scorer": scorer.name,
         "lexical_features": heads.vocabulary.size if heads is not None else 0,
         "auto_threshold": auto_threshold,
+        "auto_estimate": estimate,
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -184,70 +188,183 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
 
 
 def _add_pack(prototypes: Prototypes, pack: list[tuple[str, str]], vectors: np.ndarray
-              ) -> tuple[Prototypes, np.ndarray, int]:
+              ) -> tuple[Prototypes, np.ndarray, list[str]]:
     """The prototypes and their vectors with the ``pack`` entries (the last rows of ``vectors``) that the
-    catalog leaves standing (:func:`keep_mask`) added as negatives; also how many were kept."""
+    catalog leaves standing (:func:`keep_mask`) added as negatives; also the category of each kept entry."""
     own, pack_vectors = vectors[:len(prototypes.texts)], vectors[len(prototypes.texts):]
     keep = keep_mask(pack_vectors, [category for category, _ in pack], own[prototypes.labels != OUT_OF_SCOPE])
     kept = [text for (_, text), chosen in zip(pack, keep) if chosen]
+    categories = [category for (category, _), chosen in zip(pack, keep) if chosen]
     merged = Prototypes(texts=prototypes.texts + kept,
                         labels=np.concatenate([prototypes.labels, np.full(len(kept), OUT_OF_SCOPE, np.int32)]))
-    return merged, np.concatenate([own, pack_vectors[keep]]), len(kept)
+    return merged, np.concatenate([own, pack_vectors[keep]]), categories
+
+
+def auto_estimate(threshold: float, in_scope_scores: np.ndarray | None, negative_scores: np.ndarray | None,
+                  from_pack: np.ndarray | None = None, unseen_topic_scores: np.ndarray | None = None,
+                  basis: str = "cross-fitted") -> dict:
+    """What the ``auto`` threshold is expected to do, from held-out scores of the catalog's own rows.
+
+    ``in_scope_scores`` are held-out scores of the catalog's examples (None if
+    there are none to learn from), ``negative_scores`` those of its
+    out-of-scope examples and the pack's messages, ``from_pack`` marking the
+    latter, and ``unseen_topic_scores`` the pack's messages scored again with
+    their whole pack category left out (off-topic traffic on a topic no
+    negative describes). Each rate comes with its Wilson 95% interval
+    (:func:`~gatekeeper.thresholds.rate_with_interval`); ``basis`` says how
+    the scores were held out. docs/quality.md ("Few-shot catalogs") compares
+    these estimates with what test sets measure.
+    """
+    estimate: dict = {"threshold": float(threshold), "policy_false_reject": DEFAULT_MAX_FALSE_REJECT, "basis": basis,
+                      "interval": "wilson 95%", "false_reject_rate": None, "off_topic_recall": None,
+                      "catalog_out_of_scope_recall": None, "pack_recall": None, "unseen_topic_recall": None}
+    if in_scope_scores is not None and len(in_scope_scores):
+        estimate["false_reject_rate"] = rate_with_interval(np.asarray(in_scope_scores) < threshold)
+    if negative_scores is not None and len(negative_scores):
+        refused = np.asarray(negative_scores) < threshold
+        pack = np.zeros(len(refused), bool) if from_pack is None else np.asarray(from_pack, bool)
+        estimate["off_topic_recall"] = rate_with_interval(refused)
+        if (~pack).any():
+            estimate["catalog_out_of_scope_recall"] = rate_with_interval(refused[~pack])
+        if pack.any():
+            estimate["pack_recall"] = rate_with_interval(refused[pack])
+    if unseen_topic_scores is not None and len(unseen_topic_scores):
+        estimate["unseen_topic_recall"] = rate_with_interval(np.asarray(unseen_topic_scores) < threshold)
+    return estimate
+
+
+def describe_auto_estimate(estimate: dict | None) -> str:
+    """One line for people: what the ``auto`` threshold is expected to refuse (see :func:`auto_estimate`)."""
+    if not estimate:
+        return "none (built by an older version: rebuild)"
+
+    def rate(value: dict) -> str:
+        return f"{value['rate']:.1%} (95% {value['low']:.1%}-{value['high']:.1%} of {value['n']})"
+
+    parts = []
+    if estimate["false_reject_rate"]:
+        parts.append(f"in scope refused {rate(estimate['false_reject_rate'])}")
+    else:
+        parts.append("in scope refused: not estimated (too few examples per intent)")
+    if estimate["off_topic_recall"]:
+        sources = [f"{name} {estimate[key]['rate']:.1%}" for name, key in
+                   (("catalog's out_of_scope", "catalog_out_of_scope_recall"), ("pack", "pack_recall"),
+                    ("pack, its topic unseen", "unseen_topic_recall")) if estimate.get(key)]
+        parts.append(f"off topic refused {rate(estimate['off_topic_recall'])}: {', '.join(sources)}")
+    else:
+        parts.append("off topic refused: not estimated (no negatives)")
+    return "; ".join(parts) + f" [{estimate['basis']}]"
 
 
 def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], texts: list[str],
-                lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None
-                ) -> tuple[Scorer, float, Heads | None]:
-    """Choose and fit the scorer, and derive the ``auto`` threshold from out-of-fold scores.
+                lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None,
+                groups: np.ndarray | None = None) -> tuple[Scorer, float, Heads | None, dict]:
+    """Choose and fit the scorer, and derive the ``auto`` threshold (and :func:`auto_estimate`) from held-out
+    features of the catalog's own rows.
 
-    ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows as text; with ``lexical_features`` the head
-    also gets their character n-grams. ``progress`` hears ("fit", heads done, heads in all).
+    ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows
+    as text; with ``lexical_features`` the head also gets their character n-grams. ``progress`` hears
+    ("fit", heads done, heads in all). ``groups`` gives each row's out-of-scope pack category (a number,
+    -1 for the catalog's own rows).
+
+    Each row's calibrator features are those of a message the gate has not seen:
+    the head's logit from the head of the fold that left the row out (3-fold
+    cross-fitting), and the two cosines from the full index with the row
+    itself left out (an index without a third of the examples, as before, made
+    a 10-example intent's own examples look far less typical than its real
+    messages, so ``auto`` refused far fewer messages than the policy allows).
+    A pack message is used twice, with its nearest negative found with and
+    without its own pack category: off-topic traffic is partly on topics some
+    negative describes and partly on topics none does. The ``auto`` threshold
+    rejects :data:`DEFAULT_MAX_FALSE_REJECT` of the examples' held-out scores
+    (docs/quality.md, "Few-shot catalogs", compares it with test sets).
     """
     labels = index.labels
+    groups = np.full(len(labels), -1, np.int32) if groups is None else np.asarray(groups)
+    from_pack = groups >= 0
     if not uses_head(labels, n_intents, own_intents):
         scorer = NearestPrototypeScorer(index, n_intents)
-        return scorer, _nearest_auto_threshold(index, n_intents), None
+        threshold, in_scores, negative_scores, negative_rows = _nearest_auto_threshold(index, n_intents)
+        basis = ("nearest prototype: examples left out one at a time" if in_scores is not None else
+                 f"nearest prototype: the threshold refuses {1 - AUTO_NEGATIVES_ACCEPTED:.0%} of the negatives")
+        basis += f", negatives held out in {CROSS_FIT_FOLDS} folds" if negative_scores is not None else ""
+        return scorer, threshold, None, auto_estimate(threshold, in_scores, negative_scores, from_pack[negative_rows],
+                                                      basis=basis)
     folds = fold_ids(texts)
-    vectors = index.vectors
     lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
+    inputs = head_inputs(index.vectors, lexical_rows)
 
-    def out_of_fold(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        return _out_of_fold_features(vectors, labels, n_intents, folds, fold, head, lexical_rows)
+    def held_out_logits(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        return _best_logits(inputs[folds == fold], head, n_intents)
 
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
-    heads, per_fold = fit_heads(head_inputs(vectors, lexical_rows), vocabulary, labels, n_intents, folds,
-                                previous, out_of_fold, on_fitted=partial(progress, "fit") if progress else None)
+    heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
+                                on_fitted=partial(progress, "fit") if progress else None)
     features = np.zeros((len(labels), 3))
-    for fold, values in enumerate(per_fold):
-        features[folds == fold] = values
+    for fold, logits in enumerate(per_fold):
+        features[folds == fold, 0] = logits
+    features[:, 1], features[:, 2] = _left_out_neighbours(index)
     in_scope = labels != OUT_OF_SCOPE
+    unseen = features[from_pack].copy()
+    unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
     if in_scope.all():
         # No negatives: the score is the standardised head logit, squashed to (0, 1).
         mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-9)
         calibration = (np.array([1.0, 0.0, 0.0]), 0.0, mean, scale)
     else:
-        calibration = fit_calibrator(features, in_scope)
+        calibration = fit_calibrator(np.concatenate([features, unseen]),
+                                     np.concatenate([in_scope, np.zeros(len(unseen), bool)]))
     scorer = HeadScorer(index, n_intents, *heads.full, *calibration, lexical)
     scores = scorer.calibrate(features)
-    return scorer, threshold_for_false_reject(scores[in_scope], AUTO_FALSE_REJECT), heads
+    threshold = threshold_for_false_reject(scores[in_scope], DEFAULT_MAX_FALSE_REJECT)
+    estimate = auto_estimate(threshold, scores[in_scope], scores[~in_scope], from_pack[~in_scope],
+                             scorer.calibrate(unseen),
+                             basis=f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds), cosines with the row left "
+                                   "out")
+    return scorer, threshold, heads, estimate
 
 
-def _out_of_fold_features(vectors: np.ndarray, labels: np.ndarray, n_intents: int, folds: np.ndarray, fold: int,
-                          head: tuple[np.ndarray, np.ndarray], lexical_rows: sparse.csr_matrix | None
-                          ) -> np.ndarray:
-    """Calibrator features of the rows in ``fold``, from its ``head`` and an index of the other folds' rows."""
-    held_out, rest = folds == fold, folds != fold
-    if not held_out.any():
-        return np.zeros((0, 3))
-    fold_index = PrototypeIndex.build(vectors[rest], labels[rest], hnsw=False)
-    probe = HeadScorer(fold_index, n_intents, *head, np.zeros(3), 0.0, np.zeros(3), np.ones(3))
-    return probe.features(vectors[held_out], None if lexical_rows is None else lexical_rows[held_out])[0]
+def _best_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_intents: int) -> np.ndarray:
+    """The best intent logit of ``head`` on each row of ``inputs`` (:func:`gatekeeper.scoring.head_inputs`)."""
+    weights, bias = head
+    return np.asarray(inputs @ weights + bias)[:, :n_intents].max(axis=1)
 
 
-def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
-    """``auto`` threshold for nearest-prototype scoring.
+def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None, rows: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine to the nearest intent example and to the nearest negative of each of ``rows`` (default all)
+    of the index, as :func:`~gatekeeper.scoring.nearest_similarities` gives them for a message, with the
+    row itself left out of the index and, given ``groups``, every row of its group (-1: no group).
+
+    The :data:`~gatekeeper.scoring.SEARCH_K` nearest prototypes that remain
+    are those an index without the left-out rows would return: the index is
+    searched deeper by their number, and they are skipped.
+    """
+    rows = np.arange(len(index.labels)) if rows is None else rows
+    labels = index.labels
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    grouped = groups is not None and (groups >= 0).any()
+    depth = SEARCH_K + 1 + (int(np.bincount(groups[groups >= 0]).max()) if grouped else 0)
+    sims, ids = index.search(index.vectors[rows], depth)
+    found = ids >= 0
+    safe = np.where(found, ids, 0)
+    usable = found & (safe != rows[:, None])
+    if grouped:
+        own = groups[rows][:, None]
+        usable &= (own < 0) | (groups[safe] != own)
+    usable &= np.cumsum(usable, axis=1) <= SEARCH_K
+    inside = labels[safe] != OUT_OF_SCOPE
+    nearest_intent = np.where(usable & inside, sims, -1.0).max(axis=1, initial=-1.0)
+    nearest_negative = np.where(usable & ~inside, sims, -1.0).max(axis=1, initial=-1.0)
+    return nearest_intent, nearest_negative
+
+
+def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int
+                            ) -> tuple[float, np.ndarray | None, np.ndarray | None, np.ndarray]:
+    """``auto`` threshold for nearest-prototype scoring, with the held-out scores it rests on.
 
     With two or more prototypes for every intent: the leave-one-out score of
     each example at the default false-reject rate. Otherwise (descriptions
@@ -257,37 +374,47 @@ def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int) -> float:
     without itself in the index. With neither, the highest similarity
     between two different intents' prototypes: a message must be nearer to
     an intent than the intents are to each other.
+
+    Also returns the held-out in-scope scores (None without them), the
+    held-out negatives' scores (None without enough negatives) and the
+    index rows of those negatives, for :func:`auto_estimate`.
     """
     labels = index.labels
     in_scope = labels != OUT_OF_SCOPE
     vectors = index.vectors
     counts = np.bincount(labels[in_scope], minlength=n_intents)
+    negative_rows = np.flatnonzero(~in_scope)
+    negatives = (_held_out_negative_scores(index, n_intents) if len(negative_rows) >= HEAD_MIN_NEGATIVES
+                 else None)
+    if negatives is None:
+        negative_rows = negative_rows[:0]
     if counts.min() >= 2:
         sims = vectors[in_scope] @ vectors[in_scope].T
         np.fill_diagonal(sims, -np.inf)
         same = labels[in_scope][:, None] == labels[in_scope][None, :]
         best = np.where(same, sims, -np.inf).max(axis=1)
-        return threshold_for_false_reject(best, AUTO_FALSE_REJECT)
-    if (~in_scope).sum() >= HEAD_MIN_NEGATIVES:
-        return float(np.quantile(_held_out_negative_scores(index, n_intents), 1 - AUTO_NEGATIVES_ACCEPTED))
+        return threshold_for_false_reject(best, DEFAULT_MAX_FALSE_REJECT), best, negatives, negative_rows
+    if negatives is not None:
+        return float(np.quantile(negatives, 1 - AUTO_NEGATIVES_ACCEPTED)), None, negatives, negative_rows
     per_intent, _ = nearest_similarities(index, vectors[in_scope], n_intents)
     per_intent[np.arange(int(in_scope.sum())), labels[in_scope]] = -1.0
-    return float(per_intent.max())
+    return float(per_intent.max()), None, None, negative_rows
 
 
 def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarray:
-    """Nearest-prototype scores of the negatives, each fold's scored against an index without that fold."""
+    """Nearest-prototype scores of the negatives (in index order), each fold's scored against an index
+    without that fold."""
     labels, vectors = index.labels, index.vectors
     negative = np.flatnonzero(labels == OUT_OF_SCOPE)
     folds = np.zeros(len(labels), dtype=np.int32)
     folds[negative] = np.arange(len(negative)) % CROSS_FIT_FOLDS
-    scores = []
+    scores = np.zeros(len(labels), dtype=np.float32)
     for fold in range(CROSS_FIT_FOLDS):
         held_out = np.zeros(len(labels), dtype=bool)
         held_out[negative[folds[negative] == fold]] = True
         rest = PrototypeIndex.build(vectors[~held_out], labels[~held_out], hnsw=False)
-        scores.append(NearestPrototypeScorer(rest, n_intents).score(vectors[held_out], []).score)
-    return np.concatenate(scores)
+        scores[held_out] = NearestPrototypeScorer(rest, n_intents).score(vectors[held_out], []).score
+    return scores[negative]
 
 
 def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:

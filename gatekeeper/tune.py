@@ -12,13 +12,12 @@ stored, after a catalog edit.
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Iterable, Sequence
 
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from gatekeeper.build import AUTO_FALSE_REJECT
 from gatekeeper.catalog_schema import intent_key
 from gatekeeper.errors import UserError
 from gatekeeper.evaluation import ScoredSet, accepted_mask, metrics, score_rows
@@ -27,8 +26,7 @@ from gatekeeper.labelled_data import OOS_LABEL, Row
 from gatekeeper.offtopic import vetoed_scores
 from gatekeeper.router import Thresholds
 from gatekeeper.scoring import HeadScorer
-from gatekeeper.thresholds import (OperatingPoint, operating_points, pick_max_false_reject, pick_min_cost,
-                                   pick_min_oos_recall, pick_youden)
+from gatekeeper.thresholds import IntentFalseRejects, OperatingPoint, Policy, operating_points, per_intent_false_reject
 from gatekeeper.tuning_file import Tuning, load_stored_rows, resolve_thresholds, rows_path, tuning_path
 
 log = logging.getLogger(__name__)
@@ -42,27 +40,6 @@ PER_INTENT_MIN_ROWS = 10
 PER_INTENT_PRIOR_ROWS = 20
 
 
-@dataclass(frozen=True)
-class Policy:
-    """How to choose the operating point on the ROC curve."""
-
-    kind: str = "max_false_reject"
-    max_false_reject: float = AUTO_FALSE_REJECT
-    min_oos_recall: float = 0.9
-    cost_llm_call: float = 1.0
-    cost_false_reject: float = 10.0
-
-    def pick(self, points: list[OperatingPoint], oos_share: float) -> OperatingPoint:
-        """The operating point this policy selects."""
-        if self.kind == "max_false_reject":
-            return pick_max_false_reject(points, self.max_false_reject)
-        if self.kind == "min_oos_recall":
-            return pick_min_oos_recall(points, self.min_oos_recall)
-        if self.kind == "min_cost":
-            return pick_min_cost(points, oos_share, self.cost_llm_call, self.cost_false_reject)
-        return pick_youden(points)
-
-
 @dataclass
 class TuneResult:
     """Everything ``tune`` decided, for saving and reporting."""
@@ -73,6 +50,9 @@ class TuneResult:
     in_scope_scores: np.ndarray
     oos_scores: np.ndarray
     thresholds: Thresholds
+    #: Every intent's own false-reject rate at ``thresholds`` (cross-fitted scores, rows grouped by their
+    #: label), worst first; ``flagged`` ones are far above the policy (:func:`intent_false_rejects`).
+    intent_false_rejects: list[IntentFalseRejects] = field(default_factory=list)
 
 
 def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, override: bool) -> TuneResult:
@@ -99,7 +79,26 @@ def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, overri
     thresholds = resolve_thresholds(gate.catalog_, gate.artifacts_.auto_threshold, tuning)
     tuning.validation = metrics(_rescored(scored, scores), thresholds.per_intent)
     return TuneResult(tuning=tuning, points=points, chosen=chosen, in_scope_scores=scores[inside],
-                      oos_scores=scores[~inside], thresholds=thresholds)
+                      oos_scores=scores[~inside], thresholds=thresholds,
+                      intent_false_rejects=intent_false_rejects(scored, scores, thresholds, policy, chosen))
+
+
+def intent_false_rejects(scored: ScoredSet, scores: np.ndarray, thresholds: Thresholds, policy: Policy,
+                         chosen: OperatingPoint) -> list[IntentFalseRejects]:
+    """Each intent's own false-reject rate on the in-scope rows labelled with it, worst first.
+
+    A row is refused when its score is below the threshold of the intent it is
+    routed to. An intent is flagged when its rate is far above the policy: the
+    lower end of its Wilson 95% interval is above the policy's false-reject
+    rate (the chosen operating point's for policies without one), so an
+    overall 5% cannot hide an intent refused a third of the time, and a few
+    unlucky rows do not raise a flag. ``--per-intent`` gives such intents a
+    threshold of their own, shrunk toward the global one.
+    """
+    inside = scored.in_scope
+    limit = policy.max_false_reject if policy.kind == "max_false_reject" else chosen.false_reject_rate
+    return per_intent_false_reject(scores[inside], scored.predicted_intent[inside], thresholds.per_intent,
+                                   intents=scored.true_intent[inside], max_false_reject=limit)
 
 
 def _cross_fitted_scores(scorer: HeadScorer, features: np.ndarray, inside: np.ndarray) -> np.ndarray:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
-from gatekeeper.commands.common import load_gate
+from gatekeeper.commands.common import add_catalog_argument, catalog_arg, load_gate, print_json
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -31,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
         "model": meta["model"], "dim": meta["dim"], "index": meta["index"], "scorer": meta["scorer"],
         "lexical_features": meta["lexical_features"],
         "threshold": gate.router_.thresholds.global_threshold, "threshold_source": gate.router_.thresholds.source,
-        "tuning": gate.tuning_status_, "build_seconds": meta["build_seconds"],
+        "tuning": gate.tuning_status_, "auto_estimate": meta.get("auto_estimate"),
+        "build_seconds": meta["build_seconds"],
     }
     warnings = [*gate.catalog_.warnings, *([f"tuning stale: {gate.tuning_problem_}"] if gate.tuning_problem_ else [])]
     for warning in warnings:
@@ -39,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**summary, "warnings": warnings})
     else:
+        from gatekeeper.build import describe_auto_estimate  # loaded with the gate already
+
         width = max(map(len, summary))
-        for key, value in summary.items():
+        for key, value in {**summary, "auto_estimate": describe_auto_estimate(summary["auto_estimate"])}.items():
             print(f"{key:<{width}}  {round(value, 4) if isinstance(value, float) else value}")
     return 0

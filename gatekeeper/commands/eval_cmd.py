@@ -14,13 +14,12 @@ from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
-from gatekeeper.cli import add_catalog_argument, catalog_arg, print_json
-from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, labelled_rows, load_gate,
-                                        oos_labels)
+from gatekeeper.commands.common import (add_catalog_argument, add_data_arguments, add_oos_label_argument, catalog_arg,
+                                        labelled_rows, load_gate, oos_labels, print_json)
 from gatekeeper.errors import UserError
-from gatekeeper.files import atomic_replace, check_writable
 from gatekeeper.evaluation import (ERROR_KINDS, FALSE_ACCEPT, FALSE_REJECT, FLAG_MIN_ROWS, FLAG_RATIO, ErrorRow,
                                    IntentQuality, confused_pairs, error_rows, metrics, per_intent_metrics, score_rows)
+from gatekeeper.files import atomic_replace, check_writable
 from gatekeeper.gate import Gate
 from gatekeeper.tuning_file import tuning_path
 

@@ -11,10 +11,10 @@ import argparse
 import sys
 import time
 
-from gatekeeper.cli import add_catalog_argument, catalog_arg
-from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, labelled_rows, load_gate,
-                                        oos_labels)
+from gatekeeper.commands.common import (add_catalog_argument, add_data_arguments, add_oos_label_argument, catalog_arg,
+                                        labelled_rows, load_gate, oos_labels)
 from gatekeeper.report import check_report_destination, write_report
+from gatekeeper.thresholds import IntentFalseRejects
 from gatekeeper.tune import MIN_ROWS, Policy, TunePreview, plan
 from gatekeeper.tuning_file import save_tuning
 
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     tuned = plan(gate, rows, _policy(args), args.per_intent, oos_labels=oos_labels(args), override=args.override,
                  min_rows=args.min_rows, source=args.data, show_progress=True)
     print(preview_table(tuned.preview))
+    print(far_above_policy(tuned.result.intent_false_rejects, gate.catalog_.intent_names(), args.per_intent))
     if args.dry_run:
         print("dry run: nothing written")
         return 0
@@ -81,6 +82,20 @@ def run(args: argparse.Namespace) -> int:
             print(f"wrote {written}")
     print(f"took {time.perf_counter() - started:.1f}s", file=sys.stderr)
     return 0
+
+
+def far_above_policy(rates: list[IntentFalseRejects], names: list[str], per_intent: bool) -> str:
+    """The intents refused far more often than the policy allows (see :func:`gatekeeper.tune.intent_false_rejects`)."""
+    flagged = [rate for rate in rates if rate.flagged]
+    if not flagged:
+        return "no intent's own false-reject rate is far above the policy"
+    lines = [f"intents refused far more often than the policy allows ({len(flagged)}; 95% interval above it):"]
+    width = max(len(names[rate.intent]) for rate in flagged)
+    lines += [f"  {names[rate.intent]:<{width}}  {rate.refused:>4} of {rate.rows:<4} refused  {rate.rate:6.1%}  "
+              f"(95% {rate.low:.1%}-{rate.high:.1%})" for rate in flagged]
+    lines.append("  (with --per-intent each has a threshold of its own, shrunk toward the global one)" if per_intent
+                 else "  tune with --per-intent to give them thresholds of their own, shrunk toward the global one")
+    return "\n".join(lines)
 
 
 def preview_table(preview: TunePreview) -> str:

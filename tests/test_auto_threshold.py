@@ -1,0 +1,81 @@
+"""The ``auto`` threshold's footing: left-out neighbour features, the build's estimate, per-intent false rejects.
+
+No model: small hand-made vectors, so every expected value can be worked out by hand.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gatekeeper.build import _left_out_neighbours, auto_estimate, describe_auto_estimate
+from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
+
+
+def unit(*rows: list[float]) -> np.ndarray:
+    vectors = np.asarray(rows, dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.fixture()
+def index() -> PrototypeIndex:
+    # rows 0-1: intent 0; rows 2-4: negatives, 2 and 3 of one pack category, 4 of another
+    vectors = unit([1, 0, 0], [1, 0.2, 0], [0, 1, 0], [0, 1, 0.1], [0.3, 0.3, 1])
+    return PrototypeIndex.build(vectors, np.array([0, 0, OUT_OF_SCOPE, OUT_OF_SCOPE, OUT_OF_SCOPE]), hnsw=False)
+
+
+def test_neighbours_leave_the_row_itself_out(index):
+    nearest_intent, nearest_negative = _left_out_neighbours(index)
+    sims = index.vectors @ index.vectors.T
+    # row 0's nearest intent example is row 1 (not itself), row 2's nearest negative is row 3
+    assert nearest_intent[0] == pytest.approx(sims[0, 1], abs=1e-6)
+    assert nearest_negative[2] == pytest.approx(sims[2, 3], abs=1e-6)
+    assert nearest_negative[4] == pytest.approx(max(sims[4, 2], sims[4, 3]), abs=1e-6)
+
+
+def test_neighbours_can_leave_a_whole_group_out(index):
+    groups = np.array([-1, -1, 0, 0, 1])
+    sims = index.vectors @ index.vectors.T
+    _, nearest_negative = _left_out_neighbours(index, groups, np.array([2, 4]))
+    # row 2's sibling (row 3, same category) is skipped: its nearest negative is row 4
+    assert nearest_negative[0] == pytest.approx(sims[2, 4], abs=1e-6)
+    assert nearest_negative[1] == pytest.approx(max(sims[4, 2], sims[4, 3]), abs=1e-6)
+    empty = _left_out_neighbours(index, groups, np.array([], dtype=int))
+    assert len(empty[0]) == len(empty[1]) == 0
+
+
+def test_auto_estimate_reports_rates_with_intervals():
+    in_scope = np.r_[np.full(95, 0.9), np.full(5, 0.1)]
+    negatives = np.r_[np.full(8, 0.1), np.full(2, 0.9)]
+    estimate = auto_estimate(0.5, in_scope, negatives, from_pack=np.r_[np.ones(6, bool), np.zeros(4, bool)],
+                             unseen_topic_scores=np.array([0.1, 0.9, 0.9]), basis="test")
+    assert estimate["false_reject_rate"] == rate_with_interval(in_scope < 0.5)
+    assert estimate["false_reject_rate"]["rate"] == pytest.approx(0.05)
+    assert estimate["off_topic_recall"]["rate"] == pytest.approx(0.8)
+    assert estimate["pack_recall"]["rate"] == pytest.approx(1.0) and estimate["pack_recall"]["n"] == 6
+    assert estimate["catalog_out_of_scope_recall"]["rate"] == pytest.approx(0.5)
+    assert estimate["unseen_topic_recall"]["rate"] == pytest.approx(1 / 3)
+    low, high = wilson_interval(5, 100)
+    assert (estimate["false_reject_rate"]["low"], estimate["false_reject_rate"]["high"]) == pytest.approx((low, high))
+    assert low < 0.05 < high
+    line = describe_auto_estimate(estimate)
+    assert line.startswith("in scope refused 5.0% (95% ") and "pack, its topic unseen 33.3%" in line
+    assert "not estimated" in describe_auto_estimate(auto_estimate(0.5, None, None))
+    assert "rebuild" in describe_auto_estimate(None)
+
+
+def test_per_intent_false_reject_flags_an_intent_far_above_the_policy():
+    rng = np.random.default_rng(0)
+    predicted = np.repeat(np.arange(4), 40)
+    scores = rng.uniform(0.5, 1.0, len(predicted))
+    scores[np.flatnonzero(predicted == 2)[:12]] = 0.1  # intent 2: 12 of 40 refused
+    scores[np.flatnonzero(predicted == 3)[:3]] = 0.1  # intent 3: 3 of 40, within the noise of 5%
+    result = per_intent_false_reject(scores, predicted, np.full(4, 0.4))
+    assert result[0].intent == 2 and result[0].flagged and result[0].rate == pytest.approx(0.3)
+    assert {q.intent: q.flagged for q in result} == {0: False, 1: False, 2: True, 3: False}
+    assert (result[0].low, result[0].high) == pytest.approx(wilson_interval(12, 40))
+    # grouped by the true intent instead of the routed one, with one threshold for all
+    by_label = per_intent_false_reject(scores, np.zeros(len(scores), int), 0.4, intents=predicted)
+    assert [q.intent for q in by_label if q.flagged] == [2]
+    assert per_intent_false_reject(scores[:2], predicted[:2], 0.4, min_rows=5)[0].flagged is False
