@@ -116,7 +116,8 @@ def rates(rows: list[dict], key: str = "right") -> dict:
 
 
 def summary(rows: list[dict]) -> dict:
-    """Rates of the rule and of the latest message alone on the held-aside fifth, the other four, all five."""
+    """Rates of the rule and of the latest message alone on the held-aside fifth, the other four, all five; the
+    rule's per catalog and per fold (so a setting fitted to some folds shows)."""
     parts = {"held_aside": [r for r in rows if r["fold"] == 0], "other_four": [r for r in rows if r["fold"] != 0],
              "all": rows}
     result = {name: {"rule": rates(part), "alone": rates(part, "right_alone")} for name, part in parts.items()}
@@ -124,6 +125,7 @@ def summary(rows: list[dict]) -> dict:
     for row in rows:
         per_catalog[row["catalog"]].append(row)
     result["per_catalog"] = {name: rates(part) for name, part in sorted(per_catalog.items())}
+    result["per_fold"] = {str(fold): rates([r for r in rows if r["fold"] == fold]) for fold in range(FOLDS)}
     return result
 
 
@@ -238,6 +240,9 @@ def format_table(result: dict) -> str:
     for catalog, values in result["per_catalog"].items():
         cells = [f"{values[label]['right']}/{values[label]['count']}" for label in LABELS]
         lines.append(f"{catalog:<12} {'conversation':<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
+    for fold, values in result["per_fold"].items():
+        cells = [f"{values[label]['right']}/{values[label]['count']}" for label in LABELS]
+        lines.append(f"{'fold ' + fold:<12} {'conversation':<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
     return "\n".join(lines)
 
 

@@ -27,13 +27,14 @@ message that is not accepted on its own is accepted as a **follow-up** when the
 conversation's topic, set by the latest earlier user turn that has one (over up
 to ``context_turns`` turns, the bot's canned rejections included), is in scope
 and the message is not confidently off topic on its own by the head's
-out-of-scope class and its nearest negative (more leeway after a question of
-the bot). A message accepted on its own stays accepted unless its last clause
-is confidently off topic ("ok. who won the match last night?"). The latest
-message, its last clause and the earlier user turns are embedded in one
-encoder call (the sidecar's query LRU already holds the earlier turns). The
-accepted follow-up keeps the intent and score of the turn that set the topic,
-and the latest message as its text.
+out-of-scope class and its nearest negative, or by an out-of-scope margin
+beyond the in-scope range (more leeway after a question of the bot). A message
+accepted on its own stays accepted unless its last clause is confidently off
+topic ("ok. who won the match last night?"). The latest message and the
+earlier user turns are embedded in one encoder call (the sidecar's query LRU
+already holds the earlier turns); the last clause, when the rule needs it, in
+a second, short one. The accepted follow-up keeps the intent and score of the
+turn that set the topic, and the latest message as its text.
 """
 
 from __future__ import annotations
@@ -216,8 +217,10 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     labelled row's context). A text longer than ``max_chars`` is decided at its
     start and its end. If any other text, or the end of the latest message, is
     rejected, the request is: the most off-topic rejected piece (lowest
-    margin) is the decision. Costs one encoder call for every piece, the last
-    clause of the latest message and the earlier turns read.
+    margin) is the decision. Costs one encoder call for every piece and the
+    earlier turns read, and a second, short one for the last clause of a
+    message the rule would accept and whose clause is worth a look
+    (:func:`~gatekeeper.conversation_model.worth_a_clause`).
     """
     head, *tail = _windows(gate, latest)
     text, _, reason = head

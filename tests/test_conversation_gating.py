@@ -21,10 +21,11 @@ import pytest
 from benchmarks.conversations import (DEV_SET, OPENINGS, TASK_SET, decide_conversation, evaluate, read_jsonl,
                                       summary, task_rows)
 from gatekeeper.conversation import FollowupPolicy, bot_replies, decide_turn, gated_texts
-from gatekeeper.conversation_model import asks, assess, canned_rejections, last_clause
+from gatekeeper.conversation_model import Evidence, asks, assess, canned_rejections, last_clause, off_topic
 from gatekeeper.evaluation import score_rows
 from gatekeeper.gate import Gate
 from gatekeeper.offtopic import VETO_FACTOR, veto_rule, vetoed_scores
+from gatekeeper.router import Decision
 from gatekeeper.text import normalise
 from tests.conftest import INTENTS, REPO
 
@@ -54,11 +55,11 @@ def test_the_development_set_is_big_enough_and_covers_three_catalogs_in_both_lan
 
 def test_held_aside_rates(measured):
     """Targets of issue #14 on the held-aside fifth: follow-ups accepted >= 0.95, switches rejected >= 0.95, first
-    messages unchanged. The switches miss it by one conversation (28/30; docs/sidecar.md names the two)."""
+    messages unchanged (49/49, 29/30, 5/5; docs/sidecar.md names the switch let through)."""
     held = measured["held_aside"]["rule"]
     print(json.dumps(held))
     assert held["follow_up"]["rate"] >= 0.95
-    assert held["switch"]["rate"] >= 0.93
+    assert held["switch"]["rate"] >= 0.95
     assert held["first"]["rate"] == 1.0
     assert held["follow_up"]["count"] >= 40 and held["switch"]["count"] >= 25
 
@@ -108,6 +109,13 @@ ISSUE_KINDS = [
                                   ("user", "颜色和图片差太多了")], True, id="reason the bot asked for"),
     pytest.param("ecommerce_zh", [("user", "我的快递到哪了"), ("assistant", "已经到达您所在城市的转运中心，预计明天送达。"),
                                   ("user", "行。帮我写一首关于等快递的诗")], False, id="creative writing after tracking"),
+    pytest.param("banking_en", [("user", "can I get a bigger overdraft"),
+                                ("assistant", "Yes, you can apply for up to £2,000 in the app."),
+                                ("user", "thanks. what's the best area to rent a flat in Bristol")], False,
+                 id="a subject the pack has nothing near"),
+    pytest.param("ecommerce_zh", [("user", "我要改收货地址"), ("assistant", "好的，请提供新的收货地址。"),
+                                  ("user", "广州市天河区体育西路103号维多利广场B座2801 陈先生")], True,
+                 id="address asked for without a question mark"),
 ]
 
 
@@ -176,6 +184,21 @@ def test_the_veto_rule_and_its_score():
                                                                                                   0.9])
 
 
+def test_a_decisive_out_of_scope_margin_needs_no_near_negative():
+    """Beyond the in-scope range the head alone decides; not after a bot question, nor without a ``continue``
+    intent (generic follow-ups then have no prototypes), and below the margin a near negative is still needed."""
+    policy = FollowupPolicy()
+    decision = Decision(text="x", accepted=False, intent="a", score=0.1, threshold=0.5, margin=-0.4, reason=None)
+
+    def evidence(margin: float) -> Evidence:
+        return Evidence(decision, oos_margin=margin, nearest_intent=0.35, nearest_negative=0.34, continues=False)
+
+    far, near = evidence(policy.decisive_margin), evidence(policy.decisive_margin - 0.5)
+    assert off_topic(far, policy) and not off_topic(near, policy)
+    assert not off_topic(far, policy, answering=True) and not off_topic(far, policy, covered=False)
+    assert not off_topic(far, policy, decisive=False) and off_topic(far, policy, covered=False, decisive=True)
+
+
 def test_eval_scores_rows_with_context_as_the_sidecar_decides_them(gates):
     """``eval`` and ``tune`` see the conversation rule: a row with context passes its threshold exactly when the
     sidecar accepted it (a vetoed row's score is lowered)."""
@@ -198,7 +221,13 @@ def test_evidence_decides_as_the_gate_does(gates):
              "和平里小区12栋3单元401"]
     prepared = [gate.prepare(text) for text in texts]
     evidence = assess(gate, prepared, gate.embed([p[0] for p in prepared]))
-    assert [e.decision for e in evidence] == gate.decide_many(texts)
+    alone = gate.decide_many(texts)
+    # The same verdicts; the scores to float32 rounding (a matrix product's sums depend on its shape).
+    assert [(e.decision.accepted, e.decision.intent, e.decision.action) for e in evidence] == [
+        (d.accepted, d.intent, d.action) for d in alone]
+    assert [e.decision.score for e in evidence] == pytest.approx([d.score for d in alone], abs=1e-5)
+    assert [[t.score for t in e.decision.top_k] for e in evidence] == [
+        pytest.approx([t.score for t in d.top_k], abs=1e-5) for d in alone]
     assert evidence[2].continues and not evidence[2].topical and evidence[0].topical
 
 
