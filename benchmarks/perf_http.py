@@ -1,14 +1,17 @@
 """Sections 2-3: the sidecar's POST /v1/gate under load from ``wrk`` (loopback only, bounded duration).
 
-The load generator is Debian's ``wrk`` (C, one thread) with a Lua script that
-cycles through 20,000 distinct real messages (more than the query LRU holds,
-so every decision runs the encoder), and once through 200 hot messages (all
-LRU hits). It shares the machine's cores with the server, so the figures are
-a lower bound of what the server alone could do.
+The load generator is Debian's ``wrk`` (C, one thread; ``.ci/run`` installs
+it) with a Lua script that cycles through 20,000 distinct real messages (more
+than the query LRU holds, so every decision runs the encoder), and once
+through 200 hot messages (all LRU hits). It shares the machine's cores with
+the server, so the figures are a lower bound of what the server alone could
+do. ``http_event_loop`` says which loop the server ran on (uvicorn takes
+uvloop when it is installed).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
@@ -52,7 +55,7 @@ def wrk_script(folder: Path, texts: list[str]) -> Path:
 def load(base_url: str, script: Path, connections: int, seconds: int) -> dict:
     """Run wrk for ``seconds`` with ``connections`` clients; throughput and latency percentiles."""
     if shutil.which("wrk") is None:
-        raise RuntimeError("wrk is missing: apt-get install -y wrk")
+        raise RuntimeError("wrk is missing: apt-get install -y wrk (bash .ci/run installs it)")
     command = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s", "-s", str(script),
                base_url]
     output = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
@@ -86,7 +89,8 @@ def run(work: Path, quick: bool) -> dict:
     hot_folder.mkdir()
     hot_script = wrk_script(hot_folder, texts[:HOT_MESSAGES])
     results: dict = {"http_load_generator": "wrk 4.x, 1 thread, Lua POST bodies (shares the 2 cores)",
-                     "http_seconds_per_point": seconds, "http_distinct_messages": len(texts)}
+                     "http_seconds_per_point": seconds, "http_distinct_messages": len(texts),
+                     "http_event_loop": "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"}
     with sidecar(CATALOG, work / "http-state") as server:
         _warm(server, script)
         results.update({f"serve_idle_{key}": value for key, value in rss_mb(server.pid).items()})

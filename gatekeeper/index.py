@@ -21,9 +21,6 @@ OUT_OF_SCOPE = -1
 #: 1.2 ms with recall@1 of 1.0 at both; the curves cross between the two.
 HNSW_CROSSOVER = 20_000
 HNSW_NEIGHBOURS = 32
-#: Query batches smaller than this are searched on one thread.
-SINGLE_THREAD_QUERIES = 32
-_OMP_THREADS = faiss.omp_get_max_threads()
 HNSW_EF_SEARCH = 128
 
 _INDEX_FILE = "prototypes.faiss"
@@ -79,9 +76,6 @@ class PrototypeIndex:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar prototypes of each query: (similarities, prototype ids), both (n, k)."""
         k = min(k, len(self))
-        # OpenMP's idle threads spin after each parallel region: for a few queries that burns a
-        # core the server needs, for no gain.
-        faiss.omp_set_num_threads(1 if len(queries) < SINGLE_THREAD_QUERIES else _OMP_THREADS)
         return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
     def save(self, folder: Path, meta: dict) -> None:
@@ -101,6 +95,16 @@ class PrototypeIndex:
         with np.load(folder / _LABELS_FILE) as arrays:
             labels = arrays["labels"]
         return cls(labels=labels, faiss_index=faiss.read_index(str(folder / _INDEX_FILE)))
+
+
+def search_on_one_thread() -> None:
+    """Make every FAISS search of this process single-threaded, once, at start (the sidecar's).
+
+    A served batch is a few dozen queries: OpenMP's threads would add nothing
+    but their spinning after each parallel region, which burns a core the
+    encoder needs. Set once for the process, never per request.
+    """
+    faiss.omp_set_num_threads(1)
 
 
 def read_meta(folder: Path) -> dict | None:

@@ -105,6 +105,30 @@ def test_the_collect_window_waits_for_more_only_under_load():
     assert embedder.calls == [["x 0"], ["x 1", "x 2", "x 3"]]
 
 
+def test_callers_that_all_leave_while_a_batch_collects_do_not_stop_the_batcher():
+    """Every waiting caller gone during the collect window (a load generator stopping, deadlines) left the worker
+    an empty queue to build a call from: it died, and every later request waited out its deadline."""
+    embedder = RecordingEmbedder(delay=0.05)
+
+    async def scenario() -> np.ndarray:
+        batcher = MicroBatcher(max_wait_s=0.2)
+        try:
+            first = asyncio.ensure_future(batcher.embed(embedder, ["x 0"]))
+            await asyncio.sleep(0.01)  # the encoder is busy with x 0: the next two wait, then are collected
+            leaving = [asyncio.ensure_future(batcher.embed(embedder, [f"x {i}"])) for i in (1, 2)]
+            await first
+            await asyncio.sleep(0.05)  # inside the collect window
+            for caller in leaving:
+                caller.cancel()
+            await asyncio.gather(*leaving, return_exceptions=True)
+            return await asyncio.wait_for(batcher.embed(embedder, ["x 3"]), 1.0)
+        finally:
+            await batcher.close()
+
+    assert run(scenario()).tolist() == [[3.0, 3.0]]
+    assert embedder.calls == [["x 0"], ["x 3"]]
+
+
 def test_an_encoder_failure_reaches_every_caller_of_the_batch_then_recovers():
     embedder = RecordingEmbedder(delay=0.02, fail=True)
 

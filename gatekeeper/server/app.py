@@ -16,6 +16,7 @@ import json
 import logging
 import signal
 from contextlib import asynccontextmanager
+from dataclasses import fields
 from typing import AsyncIterator, Callable
 
 from fastapi import FastAPI, Header, Request
@@ -28,12 +29,14 @@ from gatekeeper.catalog import CatalogError
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
+from gatekeeper.router import Decision
 from gatekeeper.server.batching import MicroBatcher, Overloaded
 from gatekeeper.server.config import RETRY_AFTER_S, ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
 from gatekeeper.server.gated import forward, gate_headers
 from gatekeeper.server.metrics import CONTENT_TYPE, Metrics
 from gatekeeper.server.middleware import (
+    AccessLogMiddleware,
     BodyLimitMiddleware,
     ErrorGuardMiddleware,
     RequestMetricsMiddleware,
@@ -112,6 +115,8 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
                        budget_bytes=settings.max_buffered_body_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     app.add_middleware(ErrorGuardMiddleware)
+    if settings.access_log_sample > 0:
+        app.add_middleware(AccessLogMiddleware, sample=settings.access_log_sample)
     app.add_middleware(RequestIdMiddleware)  # outermost: every response carries x-request-id
     _add_error_handlers(app)
 
@@ -136,14 +141,14 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
         return await forward(upstream, metrics, "chat/completions", raw, request.headers, body.stream, headers)
 
     @app.post("/v1/gate", response_model=GateDecision | GateBatchResponse, responses=ERROR_RESPONSES)
-    async def gate_decision(body: GateRequest) -> GateDecision | GateBatchResponse:
+    async def gate_decision(body: GateRequest) -> JSONResponse:
         """The gate's decision only: ``text`` -> one decision, ``texts`` -> a batch, ``messages`` -> latest turn."""
         if body.texts is not None:
-            return GateBatchResponse(decisions=[GateDecision.of(d) for d in await service.decide_texts(body.texts)])
+            return JSONResponse({"decisions": [decision_json(d) for d in await service.decide_texts(body.texts)]})
         if body.messages is not None:
             turn = await service.decide_messages([message.model_dump() for message in body.messages])
-            return GateDecision.of(turn.decision, turn.followup)
-        return GateDecision.of((await service.decide_texts([body.text]))[0])
+            return JSONResponse(decision_json(turn.decision, turn.followup))
+        return JSONResponse(decision_json((await service.decide_texts([body.text]))[0]))
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:
@@ -187,6 +192,18 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     app.include_router(responses_router(service, upstream, metrics))
     app.include_router(passthrough_router(upstream, metrics))  # last: it matches every other /v1 path
     return app
+
+
+def decision_json(decision: Decision, followup: bool = False) -> dict:
+    """A decision as ``/v1/gate`` answers it (:class:`GateDecision`'s JSON), built directly: the endpoint returns
+    it as is, sparing FastAPI's validation of its own output against the response model on every request."""
+    body = {name: getattr(decision, name) for name in _DECISION_FIELDS}
+    body["top_k"] = [{"intent": item.intent, "score": item.score} for item in decision.top_k]
+    body["followup"] = followup
+    return body
+
+
+_DECISION_FIELDS = tuple(item.name for item in fields(Decision))
 
 
 def _check_admin(settings: ServerSettings, authorization: str | None) -> Response | None:
