@@ -24,7 +24,7 @@ _EXPORTS = {
     "NotFittedError": "gatekeeper.gate",
     "Decision": "gatekeeper.router",
     "TurnDecision": "gatekeeper.conversation",
-    "FollowupPolicy": "gatekeeper.conversation_model",
+    "FollowupPolicy": "gatekeeper.conversation_policy",
     "Policy": "gatekeeper.thresholds",
     "Catalog": "gatekeeper.catalog_schema",
     "load_catalog": "gatekeeper.catalog",
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from gatekeeper.catalog import load_catalog
     from gatekeeper.catalog_schema import Catalog
     from gatekeeper.conversation import TurnDecision
-    from gatekeeper.conversation_model import FollowupPolicy
+    from gatekeeper.conversation_policy import FollowupPolicy
     from gatekeeper.errors import CatalogError, EmbeddingError, GatekeeperError, UserError
     from gatekeeper.gate import Gate, NotFittedError
     from gatekeeper.router import Decision

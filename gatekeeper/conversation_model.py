@@ -68,6 +68,7 @@ from weakref import WeakKeyDictionary
 import numpy as np
 
 from gatekeeper.catalog_schema import pick_reply
+from gatekeeper.conversation_policy import FollowupPolicy
 from gatekeeper.gate import Gate
 from gatekeeper.offtopic import embedding_margins, nearest_similarities_of, veto_rule
 from gatekeeper.router import ACTION_CONTINUE, ACTION_REJECT, REASON_NEAREST_OUT_OF_SCOPE, Decision, Router
@@ -87,29 +88,6 @@ CONVERSATION_VETO_NEGATIVE = 0.50
 #: A message accepted on its own has its last clause looked at when the embedding half of the head leans off topic
 #: for it by at least this (logits): "好的。对了明天杭州下不下雨" does, "我要投诉，宽带修了三次还是坏" does not.
 CLAUSE_MARGIN = 0.5
-
-
-@dataclass(frozen=True)
-class FollowupPolicy:
-    """The conversation rule's settings (module doc); the defaults suit the default model."""
-
-    #: Earlier user turns read, newest first (0: the latest message is decided alone).
-    context_turns: int = 8
-    #: A confidently off-topic message has a negative at least this near (cosine) ...
-    off_topic_similarity: float = 0.40
-    #: ... no further than this behind its nearest intent prototype ...
-    off_topic_gap: float = 0.20
-    #: ... and an out-of-scope margin of the head's embedding half (logits) of at least this.
-    off_topic_margin: float = 3.5
-    #: An out-of-scope margin of at least this is confidently off topic whatever the nearest negative, unless the
-    #: bot asked a question or the catalog has no ``continue`` intent: beyond every held-out in-scope example of the
-    #: bundled catalogs (module doc).
-    decisive_margin: float = 6.0
-    #: After a question of the bot, the negative must be this near (an answer may resemble an off-topic request).
-    answer_similarity: float = 0.72
-    #: In a catalog without a ``continue`` intent (``conversation_pack: none``) generic follow-ups ("why?", "要多久?")
-    #: have no prototypes of their own and sit nearer to the negatives: the bar is at least this.
-    uncovered_similarity: float = 0.60
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,16 @@ def test_defaults():
     assert set(sources.values()) == {"default"}
 
 
+def test_the_sidecar_reads_conversations_with_the_rule_s_own_defaults():
+    """One source of truth: the sidecar, /v1/gate, route --conversation, eval and tune decide a conversation alike."""
+    from gatekeeper.conversation_policy import FollowupPolicy
+
+    settings, _ = resolve_settings({}, env={})
+    rule = FollowupPolicy()
+    assert (settings.context_turns, settings.followup_off_topic_similarity, settings.followup_answer_similarity) == (
+        rule.context_turns, rule.off_topic_similarity, rule.answer_similarity)
+
+
 def test_precedence_flags_over_env_over_file_over_defaults(tmp_path):
     config = write(tmp_path / "gk.yaml", "port: 7000\nmode: shadow\nthreads: 2\ncontext_turns: 3\n")
     env = {"GATEKEEPER_PORT": "7100", "GATEKEEPER_MODE": "enforce"}

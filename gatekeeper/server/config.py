@@ -20,9 +20,13 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from gatekeeper import environment
 from gatekeeper.catalog import default_catalog_path
+from gatekeeper.conversation_policy import FollowupPolicy
 from gatekeeper.errors import UserError
 
 MASK = "***"
+
+#: The conversation rule's defaults: the sidecar's conversation settings start from them.
+_RULE = FollowupPolicy()
 
 Mode = Literal["enforce", "shadow"]
 EmbeddingFailurePolicy = Literal["fail_open", "fail_closed"]
@@ -74,13 +78,13 @@ class ServerSettings(BaseModel):
                                  "thread, so short ones never wait behind them")
     max_queued_texts: int = Field(1024, ge=1, description="messages waiting for the encoder at most, a quarter of "
                                   "it for one request; past it requests get 503 overloaded with Retry-After")
-    context_turns: int = Field(8, ge=0, description="earlier user turns read for the conversation's topic "
-                                                    "(0: gate the latest message alone)")
-    followup_off_topic_similarity: float = Field(0.40, ge=-1, le=1, description="a message in an on-topic "
-                                                 "conversation is off topic when an out-of-scope example is "
-                                                 "this similar (cosine) and the head agrees")
-    followup_answer_similarity: float = Field(0.64, ge=-1, le=1, description="the same after a question of "
-                                              "the bot (an answer may resemble an off-topic message)")
+    context_turns: int = Field(_RULE.context_turns, ge=0, description="earlier user turns read for the "
+                               "conversation's topic (0: gate the latest message alone)")
+    followup_off_topic_similarity: float = Field(_RULE.off_topic_similarity, ge=-1, le=1, description="a message "
+                                                 "in an on-topic conversation is off topic when an out-of-scope "
+                                                 "example is this similar (cosine) and the head agrees")
+    followup_answer_similarity: float = Field(_RULE.answer_similarity, ge=-1, le=1, description="the same after a "
+                                              "question of the bot (an answer may resemble an off-topic message)")
     decision_log: str | None = Field(None, description="append sampled decisions to this JSONL file")
     decision_log_sample: float = Field(1.0, ge=0, le=1, description="share of decisions logged")
     decision_log_text: TextLogging = Field("redact", description="message text in the decision log: redact "
