@@ -237,12 +237,11 @@ def format_table(result: dict) -> str:
                 cells.append(f"{value['right']}/{value['count']} = {value['rate']:.3f}" if value["count"] else "-")
             name = "conversation" if rule == "rule" else "latest alone"
             lines.append(f"{part:<12} {name:<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
-    for catalog, values in result["per_catalog"].items():
+    folds = ((f"fold {fold}", values) for fold, values in result["per_fold"].items())
+    groups = [*result["per_catalog"].items(), *folds]
+    for name, values in groups:
         cells = [f"{values[label]['right']}/{values[label]['count']}" for label in LABELS]
-        lines.append(f"{catalog:<12} {'conversation':<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
-    for fold, values in result["per_fold"].items():
-        cells = [f"{values[label]['right']}/{values[label]['count']}" for label in LABELS]
-        lines.append(f"{'fold ' + fold:<12} {'conversation':<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
+        lines.append(f"{name:<12} {'conversation':<14} {cells[0]:>20} {cells[1]:>18} {cells[2]:>16}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import inspect
 import json
 import secrets
 import shutil
@@ -92,8 +93,8 @@ class Gate:
         return {"embedder": self.embedder, "threads": self.threads, "rebuild": self.rebuild}
 
     def __repr__(self) -> str:
-        params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items()
-                           if value != _DEFAULTS[key])
+        defaults = {name: p.default for name, p in inspect.signature(Gate.__init__).parameters.items()}
+        params = ", ".join(f"{key}={value!r}" for key, value in self.get_params().items() if value != defaults[key])
         fitted = (f" fitted on {self.catalog_.name!r}: {len(self.catalog_.intents)} intents, "
                   f"{self.artifacts_.meta['scorer']} scorer, thresholds {self.router_.thresholds.source}"
                   if self.is_fitted else "")
@@ -133,8 +134,7 @@ class Gate:
             return self
         from gatekeeper.tune import rederive  # imported here: re-deriving scores rows with this gate
 
-        derived = rederive(self, tuning)
-        self._set_tuning(derived.tuning_, derived.tuning_status_, derived.tuning_problem_)
+        self._set_tuning(*rederive(self, tuning))
         return self
 
     def tune(self, rows: Sequence["Row"], policy: "Policy | None" = None, per_intent: bool = False, *,
@@ -157,14 +157,6 @@ class Gate:
         self._set_tuning(planned.result.tuning, TUNING_TUNED)
         self.tuning_preview_: TunePreview = planned.preview
         return self
-
-    def with_tuning(self, tuning: Tuning | None, status: str, problem: str | None = None) -> "Gate":
-        """A copy of this fitted gate with ``tuning``'s thresholds and calibrator in force (None: the catalog's
-        own, or auto); this gate is unchanged."""
-        self._check_fitted()
-        changed = copy.copy(self)
-        changed._set_tuning(tuning, status, problem)
-        return changed
 
     def with_embedder(self, embedder: Embedder) -> "Gate":
         """A copy of this fitted gate encoding with ``embedder`` (the same model, e.g. wrapped in a cache), with a
@@ -349,8 +341,6 @@ class Gate:
     async def _embed_in_thread(self, texts: Sequence[str]) -> np.ndarray:
         return await asyncio.to_thread(self.embed, texts)
 
-
-_DEFAULTS = {"embedder": None, "threads": 1, "rebuild": False}
 
 
 def _finish(steps: Coroutine[Any, Any, Result]) -> Result:

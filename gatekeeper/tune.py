@@ -236,16 +236,17 @@ def preview(gate: Gate, rows: Sequence[Row], policy: Policy, per_intent: bool = 
                 source=source).preview
 
 
-def rederive(gate: Gate, saved: Tuning) -> Gate:
-    """``gate`` (loaded without tuning) with the thresholds and calibrator of ``saved`` re-picked on its stored rows.
+def rederive(gate: Gate, saved: Tuning) -> tuple[Tuning | None, str, str | None]:
+    """The thresholds and calibrator of ``saved`` re-picked on its stored rows by ``gate`` (fitted without tuning):
+    the tuning to put in force, its status and, when stale, why.
 
     For a tuning made for another catalog or model (a fingerprint mismatch):
     the rows ``tune`` stored beside it are scored by the new gate and tuned
     with the saved policy, per-intent choice and minimum row count. The
-    result is logged; the status is ``re-derived``, or ``stale`` (the
-    catalog's own or auto thresholds, and :attr:`Gate.tuning_problem_` saying
-    why) when the rows are missing, changed, too few, or have labels the
-    catalog no longer has.
+    result is logged; the status is ``re-derived``, or ``stale`` (no tuning:
+    the catalog's own or auto thresholds, and the problem saying why) when
+    the rows are missing, changed, too few, or have labels the catalog no
+    longer has.
     """
     settings = saved.stored_rows
     try:
@@ -257,13 +258,13 @@ def rederive(gate: Gate, saved: Tuning) -> Gate:
         problem = (f"the catalog or model changed since 'gatekeeper tune' and its thresholds cannot be re-derived "
                    f"({error}); the catalog's own or auto thresholds are in force until you rerun 'gatekeeper tune'")
         log.warning("tuning_stale", extra={"catalog": gate.catalog_path_, "problem": problem})
-        return gate.with_tuning(None, TUNING_STALE, problem)
+        return None, TUNING_STALE, problem
     tuning = replace(result.tuning, stored_rows=settings)
     log.info("tuning_rederived", extra={"catalog": gate.catalog_path_, "rows": settings.get("rows"),
                                         "policy": saved.policy.get("kind"), "threshold": tuning.global_threshold,
                                         "hint": "the catalog or model changed since 'gatekeeper tune'; rerun it to "
                                                 "review and keep the new thresholds"})
-    return gate.with_tuning(tuning, TUNING_REDERIVED)
+    return tuning, TUNING_REDERIVED, None
 
 
 def _fit(gate: Gate, rows: Sequence[Row], policy: Policy, per_intent: bool, override: bool,

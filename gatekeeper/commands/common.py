@@ -35,6 +35,22 @@ def print_json(obj: object) -> None:
     print(json.dumps(obj, ensure_ascii=False), flush=True)
 
 
+def rate(text: str) -> float:
+    """An argparse ``type``: a rate between 0 and 1 (argparse names it "rate" in its error)."""
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
+    return value
+
+
+def row_count(text: str) -> int:
+    """An argparse ``type``: a number of rows, at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a row count of 1 or more")
+    return value
+
+
 def add_oos_label_argument(parser: argparse.ArgumentParser) -> None:
     """The shared, repeatable ``--oos-label`` flag."""
     parser.add_argument("--oos-label", action="append", default=[], metavar="LABEL",

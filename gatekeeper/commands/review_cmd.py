@@ -13,7 +13,7 @@ import socket
 import sys
 from pathlib import Path
 
-from gatekeeper.commands.common import add_catalog_argument, catalog_arg
+from gatekeeper.commands.common import add_catalog_argument, catalog_arg, rate, row_count
 from gatekeeper.errors import UserError
 from gatekeeper.review.ordering import DEFAULT_NEAR
 
@@ -37,13 +37,13 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help=f"|score - threshold| up to which a message counts as near the threshold and is shown "
                              f"first (default {DEFAULT_NEAR})")
     policy = parser.add_mutually_exclusive_group()
-    policy.add_argument("--max-false-reject", type=_rate, metavar="R",
+    policy.add_argument("--max-false-reject", type=rate, metavar="R",
                         help="preview policy, as in tune: highest OOS recall with at most R of in-scope rows rejected")
-    policy.add_argument("--min-oos-recall", type=_rate, metavar="R",
+    policy.add_argument("--min-oos-recall", type=rate, metavar="R",
                         help="preview policy, as in tune: fewest false rejects with at least R of off-topic rows "
                              "rejected")
     policy.add_argument("--youden", action="store_true", help="preview policy, as in tune: maximise TPR - FPR")
-    parser.add_argument("--min-rows", type=_count, default=None, metavar="N",
+    parser.add_argument("--min-rows", type=row_count, default=None, metavar="N",
                         help="in-scope and off-topic rows the preview needs, as in tune (default: tune's)")
     parser.add_argument("--export-csv", metavar="FILE",
                         help="write every message and its label as CSV (UTF-8 with BOM, for Excel) and exit")
@@ -139,18 +139,6 @@ def _policy(args: argparse.Namespace):
     return Policy()
 
 
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
-    return value
-
-
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a count of at least 1")
-    return value
 
 
 def _url_host(host: str) -> str:

@@ -12,7 +12,7 @@ import sys
 import time
 
 from gatekeeper.commands.common import (add_catalog_argument, add_data_arguments, add_oos_label_argument, catalog_arg,
-                                        labelled_rows, load_gate, oos_labels)
+                                        labelled_rows, load_gate, oos_labels, rate, row_count)
 from gatekeeper.report import check_report_destination, write_report
 from gatekeeper.thresholds import IntentFalseRejects
 from gatekeeper.tune import MIN_ROWS, Policy, TunePreview, plan
@@ -29,10 +29,10 @@ def register(parser: argparse.ArgumentParser) -> None:
     add_data_arguments(parser)
     add_oos_label_argument(parser)
     policy = parser.add_mutually_exclusive_group()
-    policy.add_argument("--max-false-reject", type=_rate, metavar="R",
+    policy.add_argument("--max-false-reject", type=rate, metavar="R",
                         help="highest OOS recall with at most R of in-scope rows rejected "
                              f"(default {DEFAULT_POLICY.max_false_reject})")
-    policy.add_argument("--min-oos-recall", type=_rate, metavar="R",
+    policy.add_argument("--min-oos-recall", type=rate, metavar="R",
                         help="fewest false rejects with at least R of off-topic rows rejected")
     policy.add_argument("--youden", action="store_true", help="maximise TPR - FPR")
     policy.add_argument("--cost-llm-call", type=float, metavar="C",
@@ -44,7 +44,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--override", action="store_true",
                         help="let tuned per-intent thresholds replace ones written in the catalog")
     parser.add_argument("--report", metavar="DIR", help="write ROC/histogram PNGs and a Markdown+JSON report")
-    parser.add_argument("--min-rows", type=_count, default=MIN_ROWS, metavar="N",
+    parser.add_argument("--min-rows", type=row_count, default=MIN_ROWS, metavar="N",
                         help=f"fewest in-scope and fewest off-topic rows to tune on (default {MIN_ROWS}; lower it "
                              "only if you know the thresholds will be noisy)")
     parser.add_argument("--dry-run", action="store_true",
@@ -126,15 +126,3 @@ def _policy(args: argparse.Namespace) -> Policy:
     return DEFAULT_POLICY
 
 
-def _count(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a row count of 1 or more")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"{text} is not a rate between 0 and 1")
-    return value
