@@ -125,8 +125,10 @@ class HeadScorer:
         self._index = index
         self._n_intents = n_intents
         self.lexical = lexical
-        self.head_weights = head_weights.astype(np.float32)
-        self.head_bias = head_bias.astype(np.float32)
+        # float64, so a message's logits do not depend on the batch it is scored in: float32 products round
+        # differently for different batch shapes (BLAS's sums), which moved a decision's sixth decimal.
+        self.head_weights = head_weights.astype(np.float64)
+        self.head_bias = head_bias.astype(np.float64)
         self.calibrator_weights = calibrator_weights.astype(np.float64)
         self.calibrator_bias = float(calibrator_bias)
         self.feature_mean = feature_mean.astype(np.float64)
