@@ -5,8 +5,8 @@
 Reads ``tests/data/conversations/dev.jsonl`` (multi-turn conversations for the
 bundled telecom and banking catalogs and ``intents/ecommerce_zh.yaml``, each
 labelled ``follow_up``, ``switch`` or ``first``) and decides the latest user
-message of each as the sidecar does (:func:`gatekeeper.conversation.gated_texts`
-and :func:`~gatekeeper.conversation.decide_turn`, default policy). Rates:
+message of each as the sidecar does (:func:`gatekeeper.core.conversation.gated_texts`
+and :func:`~gatekeeper.core.conversation.decide_turn`, default policy). Rates:
 
 * follow-ups accepted (forwarded, or answered by a reply/handoff intent);
 * topic switches rejected;
@@ -166,7 +166,7 @@ def measure_cost(gate, conversations: list[dict], rounds: int = 3) -> dict:
     (no LRU); every round adds a suffix to the latest messages, so the encoder
     always runs for them.
     """
-    from gatekeeper import conversation_model
+    from gatekeeper.core import conversation_model
     from gatekeeper.embedders.query_cache import QueryCachingEmbedder
 
     backend = gate.embedder_.inner if isinstance(gate.embedder_, QueryCachingEmbedder) else gate.embedder_

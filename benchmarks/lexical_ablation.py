@@ -24,10 +24,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.quality import DATASETS, read_split  # noqa: E402
-from gatekeeper.index import OUT_OF_SCOPE  # noqa: E402
-from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE  # noqa: E402
-from gatekeeper.parallel import single_threaded  # noqa: E402
-from gatekeeper.scoring import fit_head, head_inputs  # noqa: E402
+from gatekeeper.core.index import OUT_OF_SCOPE  # noqa: E402
+from gatekeeper.core.lexical import MIN_TEXTS, NGRAM_RANGE  # noqa: E402
+from gatekeeper.core.parallel import single_threaded  # noqa: E402
+from gatekeeper.core.scoring import fit_head, head_inputs  # noqa: E402
 
 #: name -> TfidfVectorizer settings (None: embeddings only). The first n-gram row is gatekeeper's default.
 VARIANTS: dict[str, dict | None] = {

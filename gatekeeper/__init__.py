@@ -22,12 +22,12 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "Gate": "gatekeeper.gate",
     "NotFittedError": "gatekeeper.gate",
-    "Decision": "gatekeeper.router",
-    "TurnDecision": "gatekeeper.conversation",
-    "FollowupPolicy": "gatekeeper.conversation_policy",
-    "Policy": "gatekeeper.thresholds",
-    "Catalog": "gatekeeper.catalog_schema",
-    "load_catalog": "gatekeeper.catalog",
+    "Decision": "gatekeeper.core.router",
+    "TurnDecision": "gatekeeper.core.conversation",
+    "FollowupPolicy": "gatekeeper.core.conversation_policy",
+    "Policy": "gatekeeper.core.thresholds",
+    "Catalog": "gatekeeper.catalog.schema",
+    "load_catalog": "gatekeeper.catalog.loader",
     "GatekeeperError": "gatekeeper.errors",
     "UserError": "gatekeeper.errors",
     "CatalogError": "gatekeeper.errors",
@@ -37,14 +37,14 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from gatekeeper.catalog import load_catalog
-    from gatekeeper.catalog_schema import Catalog
-    from gatekeeper.conversation import TurnDecision
-    from gatekeeper.conversation_policy import FollowupPolicy
+    from gatekeeper.catalog.loader import load_catalog
+    from gatekeeper.catalog.schema import Catalog
+    from gatekeeper.core.conversation import TurnDecision
+    from gatekeeper.core.conversation_policy import FollowupPolicy
+    from gatekeeper.core.router import Decision
+    from gatekeeper.core.thresholds import Policy
     from gatekeeper.errors import CatalogError, EmbeddingError, GatekeeperError, UserError
     from gatekeeper.gate import Gate, NotFittedError
-    from gatekeeper.router import Decision
-    from gatekeeper.thresholds import Policy
 
 
 def __getattr__(name: str) -> Any:

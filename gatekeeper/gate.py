@@ -25,22 +25,22 @@ from typing import TYPE_CHECKING, Any, Coroutine, Iterable, Mapping, Sequence, T
 import numpy as np
 
 from gatekeeper import __version__
-from gatekeeper.build import (Artifacts, ProgressCallback, build_artifacts, load_artifacts, load_or_build,
-                              save_artifacts)
-from gatekeeper.catalog import load_catalog
-from gatekeeper.catalog_schema import Catalog
+from gatekeeper.catalog.loader import load_catalog
+from gatekeeper.catalog.schema import Catalog
+from gatekeeper.core.fit import Artifacts, ProgressCallback, build_artifacts
+from gatekeeper.core.router import REASON_EMPTY, REASON_NOT_TEXT, Decision, Router
+from gatekeeper.core.scoring import HeadScorer
+from gatekeeper.core.text import normalise
 from gatekeeper.embedders import Embedder, make_embedder
 from gatekeeper.errors import UserError
-from gatekeeper.router import REASON_EMPTY, REASON_NOT_TEXT, Decision, Router
-from gatekeeper.scoring import HeadScorer
-from gatekeeper.text import normalise
-from gatekeeper.tuning_file import Tuning, load_tuning, resolve_thresholds, tuning_version
+from gatekeeper.store.artifacts import load_artifacts, load_or_build, save_artifacts
+from gatekeeper.store.tuning_file import Tuning, load_tuning, resolve_thresholds, tuning_version
 
 if TYPE_CHECKING:
-    from gatekeeper.conversation import TurnDecision
-    from gatekeeper.conversation_model import FollowupPolicy
-    from gatekeeper.labelled_data import Row
-    from gatekeeper.tune import Policy, TunePreview
+    from gatekeeper.catalog.labelled_data import Row
+    from gatekeeper.core.conversation import TurnDecision
+    from gatekeeper.core.conversation_model import FollowupPolicy
+    from gatekeeper.measure.tune import Policy, TunePreview
 
 #: :attr:`Gate.tuning_status_`: no tuning; its thresholds in force; re-derived from its stored rows after a
 #: catalog change; or stale: not re-derivable, so the catalog's own or auto thresholds are in force.
@@ -132,7 +132,7 @@ class Gate:
         if tuning.fingerprint == artifacts.fingerprint:
             self._set_tuning(tuning, TUNING_TUNED)
             return self
-        from gatekeeper.tune import rederive  # imported here: re-deriving scores rows with this gate
+        from gatekeeper.measure.tune import rederive  # imported here: re-deriving scores rows with this gate
 
         self._set_tuning(*rederive(self, tuning))
         return self
@@ -149,7 +149,7 @@ class Gate:
         ``gatekeeper tune`` writes it beside the catalog). Raises
         :class:`~gatekeeper.errors.UserError` for unknown labels or too few rows.
         """
-        from gatekeeper.tune import MIN_ROWS, Policy, plan
+        from gatekeeper.measure.tune import MIN_ROWS, Policy, plan
 
         self._check_fitted()
         planned = plan(self, rows, policy or Policy(), per_intent, oos_labels=oos_labels,
@@ -296,14 +296,14 @@ class Gate:
                     others: Sequence[str] = (), policy: "FollowupPolicy | None" = None) -> "TurnDecision":
         """Decide a user message in its conversation: ``previous`` are the earlier user texts (oldest first),
         ``replies`` the bot's answer to each (optional), ``others`` further texts the model reads that must be in
-        scope on their own. The rule is :func:`gatekeeper.conversation.decide_turn`'s."""
+        scope on their own. The rule is :func:`gatekeeper.core.conversation.decide_turn`'s."""
         return _finish(self._turn(latest, previous, replies, others, policy, self._embed_now))
 
     def decide_conversation(self, messages: Sequence[Mapping], policy: "FollowupPolicy | None" = None
                             ) -> "TurnDecision":
         """Decide a chat request (OpenAI-style ``{"role", "content"}`` messages) as the sidecar does: its latest
         user message with the conversation rule, and every other text the model reads on its own."""
-        from gatekeeper.conversation import gated_texts
+        from gatekeeper.core.conversation import gated_texts
 
         texts = gated_texts(messages)
         return self.decide_turn(texts.latest, texts.previous, replies=texts.replies, others=texts.others,
@@ -320,7 +320,7 @@ class Gate:
     async def adecide_conversation(self, messages: Sequence[Mapping], policy: "FollowupPolicy | None" = None
                                    ) -> "TurnDecision":
         """:meth:`decide_conversation` without blocking the event loop (encoder calls run in a thread)."""
-        from gatekeeper.conversation import gated_texts
+        from gatekeeper.core.conversation import gated_texts
 
         texts = gated_texts(messages)
         return await self._turn(texts.latest, texts.previous, texts.replies, texts.others, policy,
@@ -328,8 +328,8 @@ class Gate:
 
     def _turn(self, latest: object, previous: Sequence[str], replies: Sequence[str | None], others: Sequence[str],
               policy: "FollowupPolicy | None", embed: Any) -> Coroutine[Any, Any, "TurnDecision"]:
-        from gatekeeper.conversation import decide_turn
-        from gatekeeper.conversation_model import FollowupPolicy
+        from gatekeeper.core.conversation import decide_turn
+        from gatekeeper.core.conversation_model import FollowupPolicy
 
         self._check_fitted()
         return decide_turn(self, embed, latest, list(previous), policy or FollowupPolicy(), list(others),

@@ -8,14 +8,14 @@ from typing import TYPE_CHECKING, Callable
 from tqdm import tqdm
 
 if TYPE_CHECKING:
-    from gatekeeper.build import ProgressCallback
+    from gatekeeper.core.fit import ProgressCallback
 
 #: A catalog of fewer texts than this builds without bars.
 MIN_TEXTS_FOR_BAR = 300
 
 
 def build_progress() -> tuple[ProgressCallback, Callable[[], None]]:
-    """A progress callback for :func:`gatekeeper.build.load_or_build`, and a function closing its bars."""
+    """A progress callback for :func:`gatekeeper.store.artifacts.load_or_build`, and a function closing its bars."""
     bars: dict[str, tqdm] = {}
     catalog_texts = 0
 

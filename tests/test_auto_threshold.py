@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gatekeeper.build import _left_out_neighbours, auto_estimate, describe_auto_estimate
-from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
-from gatekeeper.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
+from gatekeeper.core.fit import _left_out_neighbours, auto_estimate, describe_auto_estimate
+from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.core.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
 
 
 def unit(*rows: list[float]) -> np.ndarray:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.catalog import CatalogError, load_catalog
+from gatekeeper.catalog.loader import CatalogError, load_catalog
 from tests.conftest import INTENTS
 
 GOOD = """\

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gatekeeper.catalog import CatalogError, load_catalog
-from gatekeeper.catalog_schema import pick_reply
-from gatekeeper.text import detect_language
+from gatekeeper.catalog.loader import CatalogError, load_catalog
+from gatekeeper.catalog.schema import pick_reply
+from gatekeeper.core.text import detect_language
 
 TWO_INTENTS = """\
 version: 1

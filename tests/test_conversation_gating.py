@@ -20,13 +20,13 @@ import pytest
 
 from benchmarks.conversations import (DEV_SET, OPENINGS, TASK_SET, decide_conversation, evaluate, read_jsonl,
                                       summary, task_rows)
-from gatekeeper.conversation import FollowupPolicy, bot_replies, decide_turn, gated_texts
-from gatekeeper.conversation_model import Evidence, asks, assess, canned_rejections, last_clause, off_topic
-from gatekeeper.evaluation import score_rows
+from gatekeeper.core.conversation import FollowupPolicy, bot_replies, decide_turn, gated_texts
+from gatekeeper.core.conversation_model import Evidence, asks, assess, canned_rejections, last_clause, off_topic
+from gatekeeper.core.offtopic import VETO_FACTOR, veto_rule, vetoed_scores
+from gatekeeper.core.router import Decision
+from gatekeeper.core.text import normalise
 from gatekeeper.gate import Gate
-from gatekeeper.offtopic import VETO_FACTOR, veto_rule, vetoed_scores
-from gatekeeper.router import Decision
-from gatekeeper.text import normalise
+from gatekeeper.measure.evaluation import score_rows
 from tests.conftest import INTENTS, REPO
 
 

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gatekeeper import environment
-from gatekeeper.catalog import load_catalog
+from gatekeeper.catalog.loader import load_catalog
 from gatekeeper.server.config import ServerSettings, env_name
 from tests.conftest import INTENTS, REPO
 from tests.deploy_support import DASHBOARD, DEPLOY, METRICS, load_dashboard, panel_queries, require

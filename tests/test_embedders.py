@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gatekeeper.catalog_schema import ModelSettings
+from gatekeeper.catalog.schema import ModelSettings
 from gatekeeper.embedders import EmbeddingError, make_embedder
-from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.embedders.openai_endpoint import OpenAIEndpointEmbedder
+from gatekeeper.store.embedding_cache import EmbeddingCache
 from tests.embedding_server import EmbeddingServer
 
 

@@ -11,13 +11,13 @@ from scipy import sparse
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 
-from gatekeeper.catalog import load_catalog
-from gatekeeper.head_fitting import WARM_FULL_HEAD_TOL
-from gatekeeper.head_solver import fit_multinomial
-from gatekeeper.index import OUT_OF_SCOPE
-from gatekeeper.lexical import CharNgrams
-from gatekeeper.parallel import single_threaded
-from gatekeeper.scoring import ABSENT_CLASS_BIAS, HEAD_C, fit_head, head_inputs
+from gatekeeper.catalog.loader import load_catalog
+from gatekeeper.core.head_fitting import WARM_FULL_HEAD_TOL
+from gatekeeper.core.head_solver import fit_multinomial
+from gatekeeper.core.index import OUT_OF_SCOPE
+from gatekeeper.core.lexical import CharNgrams
+from gatekeeper.core.parallel import single_threaded
+from gatekeeper.core.scoring import ABSENT_CLASS_BIAS, HEAD_C, fit_head, head_inputs
 from tests.conftest import INTENTS
 
 #: Tolerance both solvers are run to when their optima are compared.
@@ -132,8 +132,8 @@ def test_warm_start_learns_a_class_the_previous_head_had_no_rows_of(telecom):
 
 def test_scoring_and_features_load_without_scikit_learn():
     """What loading and using a built catalog needs of these modules does not import scikit-learn."""
-    code = ("import sys, gatekeeper.scoring, gatekeeper.lexical, gatekeeper.head_fitting; "
-            "from gatekeeper.lexical import CharNgrams; CharNgrams.fit_transform(['ab', 'ab c']); "
+    code = ("import sys, gatekeeper.core.scoring, gatekeeper.core.lexical, gatekeeper.core.head_fitting; "
+            "from gatekeeper.core.lexical import CharNgrams; CharNgrams.fit_transform(['ab', 'ab c']); "
             "assert 'sklearn' not in sys.modules, 'sklearn imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr

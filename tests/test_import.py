@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gatekeeper.catalog import CatalogError, CatalogProblem, load_catalog
+from gatekeeper.catalog.labelled_data import is_oos_label
+from gatekeeper.catalog.loader import CatalogError, CatalogProblem, load_catalog
 from gatekeeper.cli import build_parser, main
 from gatekeeper.commands import import_cmd
 from gatekeeper.commands.common import labelled_rows
-from gatekeeper.labelled_data import is_oos_label
 
 CHINESE_ROWS = [("明天北京下雨吗", "天气"), ("后天上海多少度", "天气"), ("查一下明早去深圳的航班", "航班"),
                 ("CA1234 晚点了吗", "航班"), ("放一首周杰伦的歌", "音乐"), ("来点轻音乐", "音乐"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gatekeeper.build import state_dir
+from gatekeeper.core.index import PrototypeIndex
 from gatekeeper.gate import Gate
-from gatekeeper.index import PrototypeIndex
+from gatekeeper.store.artifacts import load_index, save_index, state_dir
 from tests.conftest import INTENTS
 
 
@@ -38,13 +38,13 @@ def test_hnsw_finds_near_duplicates():
 def test_round_trip(tmp_path):
     vectors = random_unit(50, 16, 4)
     index = PrototypeIndex.build(vectors, np.arange(50) % 3)
-    index.save(tmp_path, {"fingerprint": "abc"})
-    loaded = PrototypeIndex.load(tmp_path, "abc")
+    save_index(tmp_path, index, {"fingerprint": "abc"})
+    loaded = load_index(tmp_path, "abc")
     assert loaded is not None
     np.testing.assert_array_equal(loaded.labels, index.labels)
     queries = random_unit(5, 16, 5)
     np.testing.assert_array_equal(loaded.search(queries, 3)[1], index.search(queries, 3)[1])
-    assert PrototypeIndex.load(tmp_path, "other") is None
+    assert load_index(tmp_path, "other") is None
 
 
 def test_stale_index_is_rebuilt(tmp_path, use_embedder):

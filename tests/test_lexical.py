@@ -13,14 +13,15 @@ import pytest
 import yaml
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from gatekeeper.build import build_artifacts, state_dir
-from gatekeeper.catalog import load_catalog
+from gatekeeper.catalog.loader import load_catalog
 from gatekeeper.commands.import_cmd import document_from_pairs
-from gatekeeper.evaluation import metrics, score_rows
+from gatekeeper.core.fit import build_artifacts
+from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, realign
+from gatekeeper.core.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams, char_wb_ngrams
+from gatekeeper.core.scoring import HeadScorer, head_inputs
+from gatekeeper.store.artifacts import load_heads, state_dir
 from gatekeeper.gate import Gate
-from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, realign
-from gatekeeper.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams, char_wb_ngrams
-from gatekeeper.scoring import HeadScorer, head_inputs
+from gatekeeper.measure.evaluation import metrics, score_rows
 from tests.conftest import INTENTS, SHARED_DATA
 
 TEXTS = ["我要查话费", "帮我查一下话费余额", "话费怎么这么贵", "check my balance", "what is my balance", "套餐怎么改"]
@@ -46,7 +47,7 @@ def test_state_round_trips_without_pickles(tmp_path):
 
 
 def _reference() -> TfidfVectorizer:
-    """scikit-learn's vectorizer with the settings :mod:`gatekeeper.lexical` reproduces."""
+    """scikit-learn's vectorizer with the settings :mod:`gatekeeper.core.lexical` reproduces."""
     return TfidfVectorizer(analyzer="char_wb", ngram_range=NGRAM_RANGE, sublinear_tf=True, min_df=MIN_TEXTS,
                            dtype=np.float32)
 

@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from gatekeeper.commands.import_cmd import document_from_pairs
-from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
+from gatekeeper.measure.evaluation import metrics, score_rows
 from tests.conftest import SHARED_DATA
 
 SMP = SHARED_DATA / "smp2017_ecdt"

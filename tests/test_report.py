@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gatekeeper import fonts
 from gatekeeper.cli import EXIT_USAGE, main
+from gatekeeper.core.router import Thresholds
+from gatekeeper.core.thresholds import operating_points
 from gatekeeper.errors import UserError
-from gatekeeper.report import check_report_destination, write_report
-from gatekeeper.router import Thresholds
-from gatekeeper.thresholds import operating_points
-from gatekeeper.tune import Policy, TuneResult
-from gatekeeper.tuning_file import Tuning, tuning_path
+from gatekeeper.measure import fonts
+from gatekeeper.measure.report import check_report_destination, write_report
+from gatekeeper.measure.tune import Policy, TuneResult
+from gatekeeper.store.tuning_file import Tuning, tuning_path
 from tests.conftest import INTENTS
 
 CATALOG_NAME = "星河通信客服"

@@ -33,15 +33,15 @@ import pytest
 import uvicorn
 import yaml
 
+from gatekeeper.catalog.labelled_data import read_labelled
 from gatekeeper.cli import main
 from gatekeeper.errors import UserError
-from gatekeeper.evaluation import metrics, score_rows
 from gatekeeper.gate import Gate
-from gatekeeper.labelled_data import read_labelled
+from gatekeeper.measure.evaluation import metrics, score_rows
+from gatekeeper.measure.tune import Policy
 from gatekeeper.review.app import ReviewSession, create_app
 from gatekeeper.review.labels import LabelStore
 from gatekeeper.review.ordering import GROUPS, order_items, read_messages
-from gatekeeper.tune import Policy
 from tests.deploy_support import require
 
 pytestmark = pytest.mark.slow
@@ -399,7 +399,7 @@ def test_review_page_labels_with_keyboard_and_mouse(start_review, browser, shop_
     assert page.counts() == {"labelled": 2, "in": 2, "oos": 0, "skipped": 0}
 
     # Too few rows for the policy: the page shows the message tune's preview raises.
-    from gatekeeper.tune import preview
+    from gatekeeper.measure.tune import preview
 
     rows_now = review.session.rows()
     with pytest.raises(UserError) as too_few:
@@ -694,7 +694,7 @@ def test_label_file_newest_wins_and_stays_tune_readable(tmp_path):
 
 def test_csv_cells_a_spreadsheet_would_run_come_back_unchanged(tmp_path, shop_catalog):
     """A message starting like a formula is exported with an apostrophe (Excel shows text) and imported without."""
-    from gatekeeper.catalog import load_catalog
+    from gatekeeper.catalog.loader import load_catalog
     from gatekeeper.review.labels import export_csv, import_csv
 
     rows = [{"text": "=HYPERLINK(\"http://x\",\"点我\")", "score": 0.1, "threshold": 0.6},

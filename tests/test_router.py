@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from gatekeeper.core.router import REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
 from gatekeeper.gate import Gate
-from gatekeeper.router import REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
 
 # Messages written for these tests; none appears in the catalogs.
 TELECOM_IN_SCOPE = {

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from gatekeeper.text import detect_language
+from gatekeeper.core.text import detect_language
 from tests.server_fixtures import (  # noqa: F401
     OFF_TOPIC,
     OFF_TOPIC_EN,

@@ -36,7 +36,7 @@ def test_defaults():
 
 def test_the_sidecar_reads_conversations_with_the_rule_s_own_defaults():
     """One source of truth: the sidecar, /v1/gate, route --conversation, eval and tune decide a conversation alike."""
-    from gatekeeper.conversation_policy import FollowupPolicy
+    from gatekeeper.core.conversation_policy import FollowupPolicy
 
     settings, _ = resolve_settings({}, env={})
     rule = FollowupPolicy()

@@ -2,7 +2,7 @@
 
 The cases below are an early development set written for this feature (the
 previous rule's defaults were chosen on them; the current rule's were chosen on
-``tests/data/conversations/dev.jsonl``, see gatekeeper/conversation_model.py
+``tests/data/conversations/dev.jsonl``, see gatekeeper/core/conversation_model.py
 and tests/test_conversation_gating.py). Each is (earlier user turns, latest
 message). The current rule: 26/26 follow-ups and 1/25 switches accepted with
 the conversation pack, 25/26 and 1/25 without it (the previous rule: 26/26 and
@@ -25,7 +25,7 @@ import yaml
 from gatekeeper.gate import Gate
 from tests.conftest import INTENTS
 
-from gatekeeper.conversation import FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text, user_turns
+from gatekeeper.core.conversation import FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text, user_turns
 
 #: Follow-ups that depend on an on-topic earlier turn: should be accepted.
 FOLLOW_UPS = {

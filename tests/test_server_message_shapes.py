@@ -1,7 +1,7 @@
 """Issue #13 (items 8 and 12): every message shape is gated, /v1/responses is gated, a rejected ``n=2`` chat
 completion has two choices.
 
-The rule (gatekeeper/conversation.py, docs/sidecar.md): all text a model will read after the last assistant turn
+The rule (gatekeeper/core/conversation.py, docs/sidecar.md): all text a model will read after the last assistant turn
 is gated, whatever its role; a final assistant message (a prefill) too; an overlong text at both ends; each text
 part alone. Not gated: the opening system/developer prompt, tool results, turns before the last assistant turn.
 Real model, real HTTP on loopback, the fake upstream of :mod:`tests.server_fixtures`.
@@ -16,7 +16,7 @@ import httpx
 import openai
 import pytest
 
-from gatekeeper.conversation import FollowupPolicy, GatedTexts, decide_turn, gated_texts
+from gatekeeper.core.conversation import FollowupPolicy, GatedTexts, decide_turn, gated_texts
 from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, fake_upstream, start_sidecar  # noqa: F401
 
 #: An off-topic instruction the telecom gate rejects on its own.

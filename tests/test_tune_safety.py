@@ -15,10 +15,10 @@ import pytest
 
 from gatekeeper.commands.common import labelled_rows
 from gatekeeper.errors import UserError
-from gatekeeper.evaluation import score_rows
 from gatekeeper.gate import Gate
+from gatekeeper.measure.evaluation import score_rows
+from gatekeeper.measure.tune import Policy, TunePreview, preview
 from gatekeeper.server.decision_log import DecisionLog
-from gatekeeper.tune import Policy, TunePreview, preview
 from tests.server_fixtures import fake_upstream, start_sidecar, write_catalog  # noqa: F401
 
 #: A small bilingual shop catalog (builds in about a second).

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gatekeeper.thresholds import (operating_points, pick_max_false_reject, pick_min_cost, pick_min_oos_recall,
+from gatekeeper.core.thresholds import (operating_points, pick_max_false_reject, pick_min_cost, pick_min_oos_recall,
                                    pick_youden, threshold_for_false_reject)
 from tests.conftest import SHARED_DATA
 
@@ -33,7 +33,7 @@ def smp_catalog(tmp_path_factory) -> Path:
 
 
 def test_import_makes_a_catalog(smp_catalog):
-    from gatekeeper.catalog import load_catalog
+    from gatekeeper.catalog.loader import load_catalog
 
     catalog = load_catalog(smp_catalog)
     labels = {json.loads(line)["label"] for line in (SMP / "train.jsonl").open(encoding="utf-8")}

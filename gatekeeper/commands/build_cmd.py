@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json({**summary, "warnings": warnings})
     else:
-        from gatekeeper.build import describe_auto_estimate  # loaded with the gate already
+        from gatekeeper.core.fit import describe_auto_estimate  # loaded with the gate already
 
         width = max(map(len, summary))
         for key, value in {**summary, "auto_estimate": describe_auto_estimate(summary["auto_estimate"])}.items():

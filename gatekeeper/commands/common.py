@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gatekeeper.catalog_schema import intent_key
-from gatekeeper.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, Row, read_labelled
+from gatekeeper.catalog.labelled_data import EXTENSIONS, FORMATS, OOS_LABEL, LabelledRow, Row, read_labelled
+from gatekeeper.catalog.schema import intent_key
 from gatekeeper.progress import build_progress
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ def add_catalog_argument(parser: argparse.ArgumentParser) -> None:
 
 def catalog_arg(args: argparse.Namespace) -> str:
     """The catalog path of a parsed command line."""
-    from gatekeeper.catalog import default_catalog_path
+    from gatekeeper.catalog.loader import default_catalog_path
 
     return args.catalog or default_catalog_path()
 
@@ -69,10 +69,10 @@ def add_data_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def oos_labels(args: argparse.Namespace) -> frozenset[str]:
-    """The out-of-scope labels of a parsed command line, as :func:`~gatekeeper.catalog_schema.intent_key` keys.
+    """The out-of-scope labels of a parsed command line, as :func:`~gatekeeper.catalog.schema.intent_key` keys.
 
     Compare a label with ``intent_key(label) in oos_labels(args)``, or use
-    :func:`gatekeeper.labelled_data.is_oos_label`.
+    :func:`gatekeeper.catalog.labelled_data.is_oos_label`.
     """
     return frozenset(intent_key(label) for label in (OOS_LABEL, *args.oos_label))
 
@@ -92,7 +92,7 @@ def read_rows(path: str | Path, fmt: str | None = None, text_field: str = "text"
               label_field: str = "label") -> list[LabelledRow]:
     """The rows of a labelled JSON-lines, CSV or TSV file, its warnings printed on stderr.
 
-    See :func:`gatekeeper.labelled_data.read_labelled`: labels are normalised
+    See :func:`gatekeeper.catalog.labelled_data.read_labelled`: labels are normalised
     and every mistake is a ``UserError`` naming the file and the line.
     """
     data = read_labelled(path, fmt, text_field, label_field)
@@ -104,7 +104,7 @@ def read_rows(path: str | Path, fmt: str | None = None, text_field: str = "text"
 def labelled_rows(path: str | Path, fmt: str | None = None, text_field: str = "text",
                   label_field: str = "label") -> list[Row]:
     """(text, label) pairs of a labelled file, as :func:`read_rows` reads it, with their context when they have one
-    (:meth:`~gatekeeper.labelled_data.LabelledRow.as_row`)."""
+    (:meth:`~gatekeeper.catalog.labelled_data.LabelledRow.as_row`)."""
     return [row.as_row() for row in read_rows(path, fmt, text_field, label_field)]
 
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from gatekeeper.commands.common import (add_catalog_argument, add_data_arguments, add_oos_label_argument, catalog_arg,
                                         labelled_rows, load_gate, oos_labels, print_json)
 from gatekeeper.errors import UserError
-from gatekeeper.evaluation import (ERROR_KINDS, FALSE_ACCEPT, FALSE_REJECT, FLAG_MIN_ROWS, FLAG_RATIO, ErrorRow,
-                                   IntentQuality, confused_pairs, error_rows, metrics, per_intent_metrics, score_rows)
-from gatekeeper.files import atomic_replace, check_writable
 from gatekeeper.gate import Gate
-from gatekeeper.tuning_file import tuning_path
+from gatekeeper.measure.evaluation import (ERROR_KINDS, FALSE_ACCEPT, FALSE_REJECT, FLAG_MIN_ROWS, FLAG_RATIO, ErrorRow,
+                                   IntentQuality, confused_pairs, error_rows, metrics, per_intent_metrics, score_rows)
+from gatekeeper.store.files import atomic_replace, check_writable
+from gatekeeper.store.tuning_file import tuning_path
 
 #: Mistakes of each kind listed by default.
 DEFAULT_SHOW = 10
@@ -123,7 +123,7 @@ def check_errors_destination(path: Path) -> None:
 
 
 def write_errors(path: Path, errors: list[ErrorRow]) -> None:
-    """Write every mistake to ``path`` as JSON lines, atomically (:func:`gatekeeper.files.atomic_replace`).
+    """Write every mistake to ``path`` as JSON lines, atomically (:func:`gatekeeper.store.files.atomic_replace`).
 
     On failure nothing is left behind and the error is a :class:`UserError`.
     """

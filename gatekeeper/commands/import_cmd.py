@@ -10,14 +10,14 @@ from typing import Iterable
 
 import yaml
 
-from gatekeeper.catalog import CatalogError, load_catalog
-from gatekeeper.catalog_checks import text_key
-from gatekeeper.catalog_schema import SCHEMA_VERSION, Catalog, intent_key, normalise_intent_name
+from gatekeeper.catalog.checks import text_key
+from gatekeeper.catalog.labelled_data import LabelledRow, is_oos_label
+from gatekeeper.catalog.loader import CatalogError, load_catalog
+from gatekeeper.catalog.schema import SCHEMA_VERSION, Catalog, intent_key, normalise_intent_name
 from gatekeeper.commands.common import (add_data_arguments, add_oos_label_argument, oos_labels, print_warning,
                                         read_rows)
 from gatekeeper.errors import UserError
-from gatekeeper.files import atomic_replace
-from gatekeeper.labelled_data import LabelledRow, is_oos_label
+from gatekeeper.store.files import atomic_replace
 
 #: Conflicting rows listed in an error before "... and N more".
 _CONFLICTS_SHOWN = 10

@@ -97,7 +97,7 @@ def _listen(host: str, port: int) -> socket.socket:
 
 def _exchange(args: argparse.Namespace, catalog_path: str) -> int:
     """``--import-csv`` (merged first) and ``--export-csv``, without serving."""
-    from gatekeeper.catalog import load_catalog
+    from gatekeeper.catalog.loader import load_catalog
     from gatekeeper.review.labels import LabelStore, export_csv, import_csv
     from gatekeeper.review.ordering import decide_missing, order_items, read_messages
 
@@ -128,7 +128,7 @@ def _exchange(args: argparse.Namespace, catalog_path: str) -> int:
 
 
 def _policy(args: argparse.Namespace):
-    from gatekeeper.tune import Policy
+    from gatekeeper.measure.tune import Policy
 
     if args.min_oos_recall is not None:
         return Policy(kind="min_oos_recall", min_oos_recall=args.min_oos_recall)

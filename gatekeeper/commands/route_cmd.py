@@ -8,8 +8,8 @@ import json
 import sys
 
 from gatekeeper.commands.common import add_catalog_argument, catalog_arg, load_gate, print_json
+from gatekeeper.core.router import Decision
 from gatekeeper.errors import UserError
-from gatekeeper.router import Decision
 
 #: Lines of stdin decided per encoder call.
 STDIN_BATCH = 64

@@ -13,10 +13,10 @@ import time
 
 from gatekeeper.commands.common import (add_catalog_argument, add_data_arguments, add_oos_label_argument, catalog_arg,
                                         labelled_rows, load_gate, oos_labels, rate, row_count)
-from gatekeeper.report import check_report_destination, write_report
-from gatekeeper.thresholds import IntentFalseRejects
-from gatekeeper.tune import MIN_ROWS, Policy, TunePreview, plan
-from gatekeeper.tuning_file import save_tuning
+from gatekeeper.core.thresholds import IntentFalseRejects
+from gatekeeper.measure.report import check_report_destination, write_report
+from gatekeeper.measure.tune import MIN_ROWS, Policy, TunePreview, plan
+from gatekeeper.store.tuning_file import save_tuning
 
 #: The policy when none is given on the command line (its numbers are the flags' defaults too).
 DEFAULT_POLICY = Policy()
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def far_above_policy(rates: list[IntentFalseRejects], names: list[str], per_intent: bool) -> str:
-    """The intents refused far more often than the policy allows (see :func:`gatekeeper.tune.intent_false_rejects`)."""
+    """The intents refused far more often than the policy allows (see :func:`gatekeeper.measure.tune.intent_false_rejects`)."""
     flagged = [rate for rate in rates if rate.flagged]
     if not flagged:
         return "no intent's own false-reject rate is far above the policy"
@@ -99,7 +99,7 @@ def far_above_policy(rates: list[IntentFalseRejects], names: list[str], per_inte
 
 
 def preview_table(preview: TunePreview) -> str:
-    """The before/after table of a :class:`~gatekeeper.tune.TunePreview`, as printed by ``tune``."""
+    """The before/after table of a :class:`~gatekeeper.measure.tune.TunePreview`, as printed by ``tune``."""
     lines = [("", "before", "after")]
     for label, key, form in (("threshold source", "threshold_source", "{}"),
                              ("global threshold", "global_threshold", "{:.4f}"),

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gatekeeper.catalog_schema import ModelSettings
+from gatekeeper.catalog.schema import ModelSettings
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.query_cache import DEFAULT_SIZE, QueryCachingEmbedder
 

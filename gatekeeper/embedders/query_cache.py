@@ -3,7 +3,7 @@
 Customer-service traffic repeats itself ("hi", "人工客服", "cancel my order"):
 a message seen recently skips the encoder. Only queries (``is_query=True``)
 are cached here; catalog texts have the on-disk cache of
-:mod:`gatekeeper.embedders.cache`.
+:mod:`gatekeeper.store.embedding_cache`.
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ from typing import Sequence
 
 import numpy as np
 
+from gatekeeper.core.parallel import map_parallel
 from gatekeeper.embedders.base import EmbeddingError, normalise_rows, query_texts, settings_fingerprint
-from gatekeeper.parallel import map_parallel
 
 DIM = 512
 

@@ -28,8 +28,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
+from gatekeeper.catalog.labelled_data import OOS_LABEL
 from gatekeeper.errors import UserError
-from gatekeeper.labelled_data import OOS_LABEL
 from gatekeeper.review.labels import SKIP, LabelStore, export_csv, resolve_label
 from gatekeeper.review.ordering import DEFAULT_NEAR, ReviewItem, decide_missing, order_items, read_messages
 
@@ -47,7 +47,7 @@ class ReviewSession:
     store: LabelStore
     log_path: str
     catalog_path: str
-    policy: object  # gatekeeper.tune.Policy
+    policy: object  # gatekeeper.measure.tune.Policy
     near: float = DEFAULT_NEAR
     #: In-scope and off-topic rows the preview needs, as ``tune --min-rows`` (None: tune's default).
     min_rows: int | None = None
@@ -70,7 +70,7 @@ class ReviewSession:
         are cached in memory, so the figures are recomputed quickly after each label.
         """
         from gatekeeper.embedders.query_cache import QueryCachingEmbedder
-        from gatekeeper.tune import Policy
+        from gatekeeper.measure.tune import Policy
 
         messages = read_messages(log_path)
         store = LabelStore.open(labels_path)
@@ -178,7 +178,7 @@ class ReviewSession:
         """False-reject rate and off-topic recall of the gate as it is, on the labelled rows."""
         if not rows:
             return None
-        from gatekeeper.evaluation import metrics, score_rows
+        from gatekeeper.measure.evaluation import metrics, score_rows
 
         try:
             scored = score_rows(self.gate, rows, {OOS_LABEL}, show_progress=False, source=str(self.store.path))
@@ -198,9 +198,9 @@ class ReviewSession:
         if not rows:
             return {"error": "no labelled rows yet"}
         try:
-            from gatekeeper.tune import preview
+            from gatekeeper.measure.tune import preview
         except ImportError:
-            return {"error": "this version of gatekeeper has no tune preview (gatekeeper.tune.preview)"}
+            return {"error": "this version of gatekeeper has no tune preview (gatekeeper.measure.tune.preview)"}
         try:
             extra = {} if self.min_rows is None else {"min_rows": self.min_rows}
             result = preview(self.gate, rows, self.policy, per_intent=False, source=str(self.store.path), **extra)

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from gatekeeper.catalog_schema import intent_key, normalise_intent_name
+from gatekeeper.catalog.labelled_data import OOS_LABEL
+from gatekeeper.catalog.schema import intent_key, normalise_intent_name
 from gatekeeper.errors import UserError
-from gatekeeper.labelled_data import OOS_LABEL
 from gatekeeper.review.ordering import ReviewItem, message_key, parse_json_line
 
 #: The label of a message looked at and left for later (never written to the label file).
@@ -301,7 +301,7 @@ def import_csv(path: str | Path, store: LabelStore, intent_names: Sequence[str],
                items: Sequence[ReviewItem] = ()) -> ImportSummary:
     """Merge the labels of a CSV (or TSV, JSON lines) file into ``store``; the file's label wins.
 
-    Read with :func:`gatekeeper.labelled_data.read_labelled` (UTF-8 with or
+    Read with :func:`gatekeeper.catalog.labelled_data.read_labelled` (UTF-8 with or
     without BOM, UTF-16, GB18030, the same errors as ``tune``): columns
     ``text`` and ``label``, and optionally ``context`` (a JSON list of the
     earlier turns). A row without context matches the log's message with
@@ -309,7 +309,7 @@ def import_csv(path: str | Path, store: LabelStore, intent_names: Sequence[str],
     catalog, ``oos`` or ``skip``; otherwise nothing is merged and the error
     lists each unknown label with the nearest intent names.
     """
-    from gatekeeper.labelled_data import read_labelled
+    from gatekeeper.catalog.labelled_data import read_labelled
 
     data = read_labelled(path)
     contexts = _contexts(path)
@@ -353,7 +353,7 @@ def import_csv(path: str | Path, store: LabelStore, intent_names: Sequence[str],
 
 def _contexts(path: str | Path) -> dict[int, list[str]]:
     """line -> context of the rows of a CSV whose ``context`` cell is not empty (none without the column)."""
-    from gatekeeper.labelled_data import read_labelled
+    from gatekeeper.catalog.labelled_data import read_labelled
 
     try:
         # The same reader, with the context column read as the text: rows without context are dropped.

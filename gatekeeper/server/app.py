@@ -25,11 +25,11 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException
 
-from gatekeeper.catalog import CatalogError
+from gatekeeper.catalog.loader import CatalogError
+from gatekeeper.core.router import Decision
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
-from gatekeeper.router import Decision
 from gatekeeper.server.batching import MicroBatcher, Overloaded
 from gatekeeper.server.config import RETRY_AFTER_S, ServerSettings
 from gatekeeper.server.decision_log import DecisionLog

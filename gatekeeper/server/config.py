@@ -19,8 +19,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
 from gatekeeper import environment
-from gatekeeper.catalog import default_catalog_path
-from gatekeeper.conversation_policy import FollowupPolicy
+from gatekeeper.catalog.loader import default_catalog_path
+from gatekeeper.core.conversation_policy import FollowupPolicy
 from gatekeeper.errors import UserError
 
 MASK = "***"

@@ -4,7 +4,7 @@ Each row is one JSON object:
 
 * ``ts`` (ISO 8601 UTC) and ``request_id`` (the ``x-request-id`` of the response);
 * ``catalog``, ``fingerprint`` (catalog + model) and ``tuning`` (the
-  :func:`~gatekeeper.tuning_file.tuning_version` in force, or null): which gate decided;
+  :func:`~gatekeeper.store.tuning_file.tuning_version` in force, or null): which gate decided;
 * ``endpoint``, ``mode`` (enforce/shadow), ``action`` (the gate's route:
   forward, reply, handoff or reject) and ``outcome`` (what the sidecar did:
   accepted, rejected, shadow-rejected);
@@ -46,12 +46,12 @@ from logging.handlers import RotatingFileHandler
 from pathlib import Path
 from typing import Sequence
 
+from gatekeeper.core.router import Decision
+from gatekeeper.core.text import normalise
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
 from gatekeeper.redaction import redact
-from gatekeeper.router import Decision
 from gatekeeper.server.request_id import current_request_id
-from gatekeeper.text import normalise
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 The request's ``instructions`` are the bot's opening system prompt and its
 ``input`` the conversation (:func:`response_messages`), gated by the same rule
-as chat messages (:func:`gatekeeper.conversation.gated_texts`). An in-scope
+as chat messages (:func:`gatekeeper.core.conversation.gated_texts`). An in-scope
 request goes to the upstream's ``/responses`` unchanged; a blocked one
 (off topic, or a ``reply``/``handoff`` intent) gets the canned reply as a
 ``response`` object, or as the Responses SSE events with ``stream: true``.

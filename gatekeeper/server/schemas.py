@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
-from gatekeeper.router import Decision
+from gatekeeper.core.router import Decision
 
 
 class ChatMessage(BaseModel):
@@ -73,7 +73,7 @@ class GateRequest(BaseModel):
 
 @dataclass(frozen=True)
 class GateDecision(Decision):
-    """The gate's decision on one message (:class:`gatekeeper.router.Decision`), and whether it is a follow-up.
+    """The gate's decision on one message (:class:`gatekeeper.core.router.Decision`), and whether it is a follow-up.
 
     ``followup`` is true when the message was accepted only thanks to earlier user turns.
     """

@@ -7,7 +7,7 @@ import functools
 import gc
 import signal
 
-from gatekeeper.catalog import load_catalog
+from gatekeeper.catalog.loader import load_catalog
 from gatekeeper.server.config import ServerSettings, add_settings_flags, describe, resolve_settings
 
 
@@ -24,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGHUP means reload: never let one end a starting server
     import uvicorn
 
-    from gatekeeper.index import search_on_one_thread
+    from gatekeeper.core.index import search_on_one_thread
     from gatekeeper.logs import configure_logging
     from gatekeeper.server.app import create_app
 

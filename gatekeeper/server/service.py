@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
-from gatekeeper.conversation import (
+from gatekeeper.core.conversation import (
     FollowupPolicy,
     GatedTexts,
     TurnDecision,
@@ -24,15 +24,15 @@ from gatekeeper.conversation import (
     gated_texts,
     prompt_text,
 )
+from gatekeeper.core.router import ACTION_REJECT, REASON_EMPTY, REASON_NOT_TEXT, Decision
+from gatekeeper.core.text import detect_language
 from gatekeeper.gate import Gate
-from gatekeeper.router import ACTION_REJECT, REASON_EMPTY, REASON_NOT_TEXT, Decision
 from gatekeeper.server.batching import Finish, FinishFailed, MicroBatcher, Overloaded
 from gatekeeper.server.config import ServerSettings
 from gatekeeper.server.decision_log import DecisionLog
 from gatekeeper.server.metrics import REASON_FAIL_CLOSED, Metrics
 from gatekeeper.server.state import GateState
 from gatekeeper.server.worker import TextsJob, TurnJob, decide_texts, decide_turns
-from gatekeeper.text import detect_language
 
 log = logging.getLogger(__name__)
 

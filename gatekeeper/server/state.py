@@ -15,7 +15,7 @@ import logging
 import time
 from pathlib import Path
 
-from gatekeeper.catalog import load_catalog
+from gatekeeper.catalog.loader import load_catalog
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.gate import TUNING_STALE, Gate
 from gatekeeper.server.metrics import Metrics
@@ -64,7 +64,7 @@ class GateState:
     async def reload(self) -> dict:
         """Build a new gate from the catalog on disk and swap it in; returns a summary.
 
-        Raises whatever loading raised (e.g. :class:`gatekeeper.catalog.CatalogError`),
+        Raises whatever loading raised (e.g. :class:`gatekeeper.catalog.loader.CatalogError`),
         with the old gate still serving. Counted in ``gatekeeper_reloads_total``.
         """
         return await self._replace(count=True)

@@ -9,7 +9,7 @@ every request of that kind that an encoder call completed:
   ``texts``): the requests' messages are scored together, per gate, with one
   n-gram transform, one head product and one index search for the batch.
 * :func:`decide_turns` -- conversations (chat completions, ``/v1/gate``
-  ``messages``): :func:`gatekeeper.conversation.decide_turn` runs on the
+  ``messages``): :func:`gatekeeper.core.conversation.decide_turn` runs on the
   event loop up to its first encoder call (:meth:`TurnJob.start`), and the
   decision thread resumes it with the vectors. The rule's occasional second,
   one-text encoder call (an accepted message's last clause) is made right
@@ -23,9 +23,9 @@ from typing import Any, Coroutine, Generator, Sequence
 
 import numpy as np
 
-from gatekeeper.conversation import FollowupPolicy, GatedTexts, TurnDecision, decide_turn
+from gatekeeper.core.conversation import FollowupPolicy, GatedTexts, TurnDecision, decide_turn
+from gatekeeper.core.router import Decision
 from gatekeeper.gate import Gate, Prepared
-from gatekeeper.router import Decision
 
 #: Encoder calls one conversation's rule may make (it makes one, sometimes two); more is a bug.
 MAX_TURN_CALLS = 4

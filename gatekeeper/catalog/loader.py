@@ -15,8 +15,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from gatekeeper import environment
-from gatekeeper.catalog_checks import check_catalog, ime_punctuation_problems, text_key
-from gatekeeper.catalog_schema import (Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings,
+from gatekeeper.catalog.checks import check_catalog, ime_punctuation_problems, text_key
+from gatekeeper.catalog.schema import (Catalog, CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings,
                                        intent_key)
 from gatekeeper.errors import CatalogError, CatalogProblem
 

@@ -1,6 +1,6 @@
 """The conversation rule's settings: one frozen object, the single source of their defaults.
 
-Kept apart from the rule (:mod:`gatekeeper.conversation_model`) so that the
+Kept apart from the rule (:mod:`gatekeeper.core.conversation_model`) so that the
 sidecar's settings (:mod:`gatekeeper.server.config`) take their defaults from
 it without importing the model: the sidecar, ``/v1/gate``, ``route
 --conversation``, ``eval`` and ``tune`` then decide a conversation alike.
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 @dataclass(frozen=True)
 class FollowupPolicy:
-    """The conversation rule's settings (:mod:`gatekeeper.conversation_model` explains each); the defaults suit
+    """The conversation rule's settings (:mod:`gatekeeper.core.conversation_model` explains each); the defaults suit
     the default model."""
 
     #: Earlier user turns read, newest first (0: the latest message is decided alone).
@@ -26,7 +26,7 @@ class FollowupPolicy:
     off_topic_margin: float = 3.5
     #: An out-of-scope margin of at least this is confidently off topic whatever the nearest negative, unless the
     #: bot asked a question or the catalog has no ``continue`` intent: beyond every held-out in-scope example of the
-    #: bundled catalogs (:mod:`gatekeeper.conversation_model`).
+    #: bundled catalogs (:mod:`gatekeeper.core.conversation_model`).
     decisive_margin: float = 6.0
     #: After a question of the bot, the negative must be this near (an answer may resemble an off-topic request).
     answer_similarity: float = 0.72

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from typing import Any, Callable, Iterator
 
-from gatekeeper.catalog_schema import CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings
+from gatekeeper.catalog.schema import CatalogFile, Defaults, Intent, ModelSettings, ScorerSettings
 
 #: (file, line, field, message, severity) with severity ``error`` or ``warning``.
 Finding = tuple[str, int, str, str, str]

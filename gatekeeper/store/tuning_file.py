@@ -8,7 +8,7 @@ catalog directory):
   sha256 of the rows (plain JSON, meant to be reviewed and committed);
 * ``x.tuning.data.jsonl``: the labelled rows tune picked them on (off-topic
   rows labelled ``oos``), so that after a catalog edit the thresholds can be
-  re-derived with the same policy (:func:`gatekeeper.tune.rederive`);
+  re-derived with the same policy (:func:`gatekeeper.measure.tune.rederive`);
 * ``x.tuning.prev.json`` and ``x.tuning.prev.data.jsonl``: the tuning in force
   before the last ``tune``. To go back, rename both over the current ones.
 """
@@ -24,10 +24,10 @@ from typing import Sequence
 
 import numpy as np
 
-from gatekeeper.catalog_schema import Catalog
+from gatekeeper.catalog.labelled_data import CONTEXT_FIELD, Row, read_labelled
+from gatekeeper.catalog.schema import Catalog
+from gatekeeper.core.router import Thresholds
 from gatekeeper.errors import UserError
-from gatekeeper.labelled_data import CONTEXT_FIELD, Row, read_labelled
-from gatekeeper.router import Thresholds
 
 
 @dataclass

@@ -15,13 +15,13 @@ import numpy as np
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
-from gatekeeper.catalog_schema import intent_key
-from gatekeeper.conversation import rejected_in_context
+from gatekeeper.catalog.labelled_data import Row
+from gatekeeper.catalog.schema import intent_key
+from gatekeeper.core.conversation import rejected_in_context
+from gatekeeper.core.offtopic import vetoed_scores
+from gatekeeper.core.scoring import ScoreBatch
 from gatekeeper.errors import UserError
 from gatekeeper.gate import Gate
-from gatekeeper.labelled_data import Row
-from gatekeeper.offtopic import vetoed_scores
-from gatekeeper.scoring import ScoreBatch
 
 #: Texts embedded per encoder call while scoring a file.
 EMBED_BATCH = 256
@@ -50,7 +50,7 @@ class ScoredSet:
     true_intent: np.ndarray
     batch: ScoreBatch
     #: True for rows with context that the conversation rule rejected although their scored text passes alone
-    #: (:func:`~gatekeeper.conversation.rejected_in_context`; their scores are already lowered, as the sidecar decides).
+    #: (:func:`~gatekeeper.core.conversation.rejected_in_context`; their scores are already lowered, as the sidecar decides).
     vetoed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     @property
@@ -69,10 +69,10 @@ def score_rows(gate: Gate, rows: Sequence[Row], oos_labels: set[str], show_progr
     """Embed and score every (text, label) row; rows that normalise to nothing are dropped.
 
     A (text, label, context) row is scored the way the sidecar decides it,
-    with :func:`~gatekeeper.conversation.decide_turn` (default follow-up
+    with :func:`~gatekeeper.core.conversation.decide_turn` (default follow-up
     settings): a follow-up with its earlier turns, a ``continue`` intent's
     message with its context's decision. Only the text whose score decided
-    (:attr:`~gatekeeper.conversation.TurnDecision.scored_text`) is scored.
+    (:attr:`~gatekeeper.core.conversation.TurnDecision.scored_text`) is scored.
 
     Labels match intent names case-insensitively (:func:`intent_key`). A label
     that is neither an intent nor in ``oos_labels`` is a :class:`UserError`

@@ -1,7 +1,8 @@
-"""Catalog -> embeddings -> prototype index -> fitted scorer, saved on disk and reused until stale.
+"""Catalog -> embeddings -> prototype index -> fitted scorer and ``auto`` threshold, in memory.
 
-The saved artifacts carry a fingerprint of the catalog's texts, the embedding
-model and the artifact format; loading with a different fingerprint rebuilds.
+:func:`artifact_fingerprint` names what the artifacts depend on (the catalog's
+texts, the embedding model, the format); ``gatekeeper.store.artifacts`` saves
+them under it and rebuilds when it changes.
 """
 
 from __future__ import annotations
@@ -9,26 +10,25 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from contextlib import closing
 from dataclasses import dataclass
 from functools import partial
-from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from gatekeeper import environment
-from gatekeeper.catalog_checks import text_key
-from gatekeeper.catalog_schema import Catalog
+from gatekeeper.catalog.checks import text_key
+from gatekeeper.catalog.oos_pack import keep_mask, pack_entries, pack_fingerprint
+from gatekeeper.catalog.schema import Catalog
+from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids
+from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.core.lexical import CharNgrams
+from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
+                                Scorer, fit_calibrator, head_inputs, nearest_similarities, uses_head)
+from gatekeeper.core.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 from gatekeeper.embedders.base import Embedder
-from gatekeeper.embedders.cache import EmbeddingCache
-from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, save_heads
-from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
-from gatekeeper.lexical import CharNgrams
-from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
-from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
-                                Scorer, fit_calibrator, head_inputs, load_scorer, nearest_similarities, uses_head)
-from gatekeeper.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
+
+if TYPE_CHECKING:
+    from gatekeeper.store.embedding_cache import EmbeddingCache
 
 #: Bump whenever what a build produces changes, so old saves rebuild
 #: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack;
@@ -97,32 +97,6 @@ def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
         "out_of_scope_pack": pack_fingerprint() if catalog.out_of_scope_pack == "default" else None,
     }
     return hashlib.sha256(json.dumps(content, ensure_ascii=False).encode()).hexdigest()[:20]
-
-
-def state_dir(catalog_path: str | Path) -> Path:
-    """Where a catalog's built artifacts live: ``$GATEKEEPER_STATE_DIR`` or ``.gatekeeper/`` beside it."""
-    path = Path(catalog_path).resolve()
-    root = environment.read(environment.STATE_DIR)
-    return (Path(root) if root else path.parent / ".gatekeeper") / path.stem
-
-
-def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder,
-                  progress: ProgressCallback | None = None, force: bool = False) -> tuple[Artifacts, bool]:
-    """Load the saved artifacts if still fresh, else build and save them.
-
-    Returns the artifacts and whether they were (re)built.
-    """
-    folder = state_dir(catalog_path)
-    fingerprint = artifact_fingerprint(catalog, embedder)
-    if not force:
-        loaded = load_artifacts(folder, fingerprint, len(catalog.intents))
-        if loaded is not None:
-            return loaded, False
-    with closing(EmbeddingCache(folder.parent / "embeddings.sqlite")) as cache:
-        artifacts, heads = build_artifacts(catalog, embedder, cache=cache, progress=progress,
-                                           previous=load_heads(folder, catalog.intent_names()))
-    save_artifacts(folder, artifacts, heads)
-    return artifacts, True
 
 
 def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
@@ -211,7 +185,7 @@ def auto_estimate(threshold: float, in_scope_scores: np.ndarray | None, negative
     latter, and ``unseen_topic_scores`` the pack's messages scored again with
     their whole pack category left out (off-topic traffic on a topic no
     negative describes). Each rate comes with its Wilson 95% interval
-    (:func:`~gatekeeper.thresholds.rate_with_interval`); ``basis`` says how
+    (:func:`~gatekeeper.core.thresholds.rate_with_interval`); ``basis`` says how
     the scores were held out. docs/quality.md ("Few-shot catalogs") compares
     these estimates with what test sets measure.
     """
@@ -327,7 +301,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
 
 
 def _best_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_intents: int) -> np.ndarray:
-    """The best intent logit of ``head`` on each row of ``inputs`` (:func:`gatekeeper.scoring.head_inputs`)."""
+    """The best intent logit of ``head`` on each row of ``inputs`` (:func:`gatekeeper.core.scoring.head_inputs`)."""
     weights, bias = head
     return np.asarray(inputs @ weights + bias)[:, :n_intents].max(axis=1)
 
@@ -335,10 +309,10 @@ def _best_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_inte
 def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None, rows: np.ndarray | None = None
                          ) -> tuple[np.ndarray, np.ndarray]:
     """Cosine to the nearest intent example and to the nearest negative of each of ``rows`` (default all)
-    of the index, as :func:`~gatekeeper.scoring.nearest_similarities` gives them for a message, with the
+    of the index, as :func:`~gatekeeper.core.scoring.nearest_similarities` gives them for a message, with the
     row itself left out of the index and, given ``groups``, every row of its group (-1: no group).
 
-    The :data:`~gatekeeper.scoring.SEARCH_K` nearest prototypes that remain
+    The :data:`~gatekeeper.core.scoring.SEARCH_K` nearest prototypes that remain
     are those an index without the left-out rows would return: the index is
     searched deeper by their number, and they are skipped.
     """
@@ -415,24 +389,3 @@ def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarr
         rest = PrototypeIndex.build(vectors[~held_out], labels[~held_out], hnsw=False)
         scores[held_out] = NearestPrototypeScorer(rest, n_intents).score(vectors[held_out], []).score
     return scores[negative]
-
-
-def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:
-    """Write ``artifacts`` (and ``heads``, for the next build to start from) to ``folder``; its metadata last."""
-    folder.mkdir(parents=True, exist_ok=True)
-    np.savez(folder / "scorer.npz", **artifacts.scorer.state())
-    if heads is not None:
-        save_heads(folder, artifacts.meta["intents"], heads)
-    artifacts.index.save(folder, artifacts.meta)
-
-
-def load_artifacts(folder: Path, fingerprint: str, n_intents: int) -> Artifacts | None:
-    """The artifacts saved in ``folder`` if built for ``fingerprint``, else None (stale, absent or unfinished)."""
-    index = PrototypeIndex.load(folder, fingerprint)
-    if index is None:
-        return None
-    meta = read_meta(folder) or {}
-    with np.load(folder / "scorer.npz") as arrays:
-        state = {key: arrays[key] for key in arrays.files}
-    scorer = load_scorer(meta["scorer"], index, n_intents, state)
-    return Artifacts(index=index, scorer=scorer, auto_threshold=float(meta["auto_threshold"]), meta=meta)

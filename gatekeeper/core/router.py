@@ -6,8 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from gatekeeper.catalog_schema import Catalog, pick_reply
-from gatekeeper.scoring import ScoreBatch, Scorer
+from gatekeeper.catalog.schema import Catalog, pick_reply
+from gatekeeper.core.scoring import ScoreBatch, Scorer
 
 #: Intents listed in a decision's ``top_k``.
 TOP_K = 3

@@ -19,7 +19,7 @@ its end (two windows). The request is accepted only if every piece is in
 scope: the most off-topic rejected piece decides (:func:`decide_turn`).
 
 **The latest user message** is decided with the conversation
-(:mod:`gatekeeper.conversation_model` has the rule and its measured rates are
+(:mod:`gatekeeper.core.conversation_model` has the rule and its measured rates are
 in docs/sidecar.md): alone, "那另一个呢?", "and the 2 year?", a bare address
 given because the bot asked for it, or "好的" (the conversation pack's
 ``continuation`` intent, ``action: continue``) say nothing about the topic. A
@@ -42,14 +42,16 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Awaitable, Callable, Mapping, Sequence
 
 import numpy as np
 
-from gatekeeper.conversation_model import FollowupPolicy, LazyEvidence, assess, judge, last_clause, worth_a_clause
-from gatekeeper.gate import Gate
-from gatekeeper.router import Decision
-from gatekeeper.text import normalise
+from gatekeeper.core.conversation_model import FollowupPolicy, LazyEvidence, assess, judge, last_clause, worth_a_clause
+from gatekeeper.core.router import Decision
+from gatekeeper.core.text import normalise
+
+if TYPE_CHECKING:
+    from gatekeeper.gate import Gate  # the public object these functions read; imported for types only
 
 __all__ = ["FollowupPolicy", "GatedTexts", "TurnDecision", "decide_turn", "gated_texts", "rejected_in_context"]
 
@@ -220,7 +222,7 @@ async def decide_turn(gate: Gate, embed: Embed, latest: object, previous: Sequen
     margin) is the decision. Costs one encoder call for every piece and the
     earlier turns read, and a second, short one for the last clause of a
     message the rule would accept and whose clause is worth a look
-    (:func:`~gatekeeper.conversation_model.worth_a_clause`).
+    (:func:`~gatekeeper.core.conversation_model.worth_a_clause`).
     """
     head, *tail = _windows(gate, latest)
     text, _, reason = head

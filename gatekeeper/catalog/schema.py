@@ -1,7 +1,7 @@
 """The intent catalog's schema: typed models that a YAML catalog must fit.
 
 Validation lives here (pydantic); turning YAML into these models, with file and
-line numbers in every error, lives in :mod:`gatekeeper.catalog`.
+line numbers in every error, lives in :mod:`gatekeeper.catalog.loader`.
 """
 
 from __future__ import annotations

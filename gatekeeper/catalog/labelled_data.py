@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from gatekeeper.catalog_schema import intent_key, intent_name_problem, normalise_intent_name
+from gatekeeper.catalog.schema import intent_key, intent_name_problem, normalise_intent_name
 from gatekeeper.errors import UserError
 
 #: The formats :func:`read_labelled` reads, as named by ``--format``.
@@ -85,7 +85,7 @@ def read_labelled(path: str | Path, fmt: str | None = None, text_field: str = "t
     header row. ``text_field`` and ``label_field`` name the fields (columns)
     read. Blank lines are skipped, and so are rows whose text is empty (with a
     warning). Labels are normalised with
-    :func:`~gatekeeper.catalog_schema.normalise_intent_name`. Raises
+    :func:`~gatekeeper.catalog.schema.normalise_intent_name`. Raises
     :class:`UserError` naming the file, the line and the fix.
     """
     path = Path(path)

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, TypeVar
 
 import numpy as np
 
-from gatekeeper.parallel import available_cores, single_threaded_pool
-from gatekeeper.scoring import HEAD_TOL, HeadInputs, fit_head
+from gatekeeper.core.parallel import available_cores, single_threaded_pool
+from gatekeeper.core.scoring import HEAD_TOL, HeadInputs, fit_head
 
 CROSS_FIT_FOLDS = 3
 #: Gradient tolerance of a warm-started full head. At the cold tolerance an
@@ -28,7 +27,6 @@ CROSS_FIT_FOLDS = 3
 #: times tighter, the added examples are learnt (checked on CLINC150: an edit
 #: of 3 rows, and the head's test predictions agree with a cold fit's at 99.6%).
 WARM_FULL_HEAD_TOL = HEAD_TOL / 10
-_HEADS_FILE = "heads.npz"
 
 #: A head: weights (d, classes) and biases (classes,).
 Head = tuple[np.ndarray, np.ndarray]
@@ -56,7 +54,7 @@ def fit_heads(inputs: HeadInputs, vocabulary: np.ndarray, labels: np.ndarray, n_
               on_fitted: Callable[[int, int], None] | None = None) -> tuple[Heads, list[Result]]:
     """Fit the full head and every fold's head, each warm-started from ``previous`` if given.
 
-    ``inputs`` are :func:`gatekeeper.scoring.head_inputs` over ``vocabulary``'s n-grams.
+    ``inputs`` are :func:`gatekeeper.core.scoring.head_inputs` over ``vocabulary``'s n-grams.
     ``folds`` holds each row's fold in ``range(CROSS_FIT_FOLDS)`` (see :func:`fold_ids`).
     ``per_fold(fold, head)`` runs as soon as that fold's head is fitted, alongside
     the remaining fits (a warm full head takes longest); returns the heads and
@@ -85,31 +83,6 @@ def fit_heads(inputs: HeadInputs, vocabulary: np.ndarray, labels: np.ndarray, n_
                      for fold, head in enumerate(fitted[1:])]
         heads = Heads(full=fitted[0].result(), folds=[head.result() for head in fitted[1:]], vocabulary=vocabulary)
         return heads, [follower.result() for follower in followers]
-
-
-def save_heads(folder: Path, intents: list[str], heads: Heads) -> None:
-    """Keep ``heads`` in ``folder`` for the next build of a catalog with the same ``intents``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {"intents": np.array(intents, dtype=str), "vocabulary": np.asarray(heads.vocabulary, dtype=str),
-              "full_weights": heads.full[0], "full_bias": heads.full[1]}
-    for fold, (weights, bias) in enumerate(heads.folds):
-        arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"] = weights, bias
-    np.savez(folder / _HEADS_FILE, **arrays)
-
-
-def load_heads(folder: Path, intents: list[str]) -> Heads | None:
-    """The heads saved in ``folder`` if they were fitted for the same ``intents`` in the same order, else None."""
-    try:
-        with np.load(folder / _HEADS_FILE) as arrays:
-            if arrays["intents"].tolist() != intents:
-                return None
-            n_folds = sum(1 for key in arrays.files if key.endswith("_weights")) - 1
-            return Heads(full=(arrays["full_weights"], arrays["full_bias"]),
-                         folds=[(arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"])
-                                for fold in range(n_folds)],
-                         vocabulary=arrays["vocabulary"])
-    except (OSError, KeyError, ValueError):
-        return None
 
 
 def realign(heads: Heads, vocabulary: np.ndarray) -> Heads:

@@ -1,16 +1,16 @@
 """The conversation rule: when the earlier turns decide the latest user message (issue #14).
 
-:func:`gatekeeper.conversation.decide_turn` gathers the texts and makes the one
+:func:`gatekeeper.core.conversation.decide_turn` gathers the texts and makes the one
 encoder call; this module judges them, from the gate's own scores only (no
 length limit, no word list):
 
 * **Evidence of a message** (:func:`assess`): its decision, the out-of-scope
   margin of the head's embedding half (the out-of-scope class logit minus the
   best intent logit: the n-gram half reads topic words, the embedding the
-  task; :mod:`gatekeeper.offtopic`), and the cosines of its nearest intent
+  task; :mod:`gatekeeper.core.offtopic`), and the cosines of its nearest intent
   prototype and nearest negative (an ``out_of_scope`` example or a pack entry).
 * **Confidently off topic on its own** (:func:`off_topic`): the off-topic veto
-  of :mod:`gatekeeper.offtopic` (:func:`conversation_veto`), or a negative at
+  of :mod:`gatekeeper.core.offtopic` (:func:`conversation_veto`), or a negative at
   least
   ``off_topic_similarity`` near, no further than ``off_topic_gap`` behind the
   nearest intent prototype, with an out-of-scope margin of at least
@@ -62,18 +62,20 @@ import re
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, replace
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 from weakref import WeakKeyDictionary
 
 import numpy as np
 
-from gatekeeper.catalog_schema import pick_reply
-from gatekeeper.conversation_policy import FollowupPolicy
-from gatekeeper.gate import Gate
-from gatekeeper.offtopic import embedding_margins, nearest_similarities_of, veto_rule
-from gatekeeper.router import ACTION_CONTINUE, ACTION_REJECT, REASON_NEAREST_OUT_OF_SCOPE, Decision, Router
-from gatekeeper.scoring import nearest_similarities
-from gatekeeper.text import normalise
+from gatekeeper.catalog.schema import pick_reply
+from gatekeeper.core.conversation_policy import FollowupPolicy
+from gatekeeper.core.offtopic import embedding_margins, nearest_similarities_of, veto_rule
+from gatekeeper.core.router import ACTION_CONTINUE, ACTION_REJECT, REASON_NEAREST_OUT_OF_SCOPE, Decision, Router
+from gatekeeper.core.scoring import nearest_similarities
+from gatekeeper.core.text import normalise
+
+if TYPE_CHECKING:
+    from gatekeeper.gate import Gate  # the public object these functions read; imported for types only
 
 #: Actions of an accepted message that has a topic of its own.
 TOPICAL_ACTIONS = frozenset({"forward", "handoff"})
@@ -81,7 +83,7 @@ TOPICAL_ACTIONS = frozenset({"forward", "handoff"})
 #: that a space follows ("12.99" stays whole).
 _CLAUSE_BREAK = re.compile(r"(?<=[。！？!?；;，,、…])|(?<=\.)(?=\s)")
 _QUESTION_MARKS = ("?", "？")
-#: The off-topic veto's bars (:mod:`gatekeeper.offtopic`): the head's embedding half puts the out-of-scope class this
+#: The off-topic veto's bars (:mod:`gatekeeper.core.offtopic`): the head's embedding half puts the out-of-scope class this
 #: many logits ahead, and the nearest negative is at least this near.
 CONVERSATION_VETO_MARGIN = 2.0
 CONVERSATION_VETO_NEGATIVE = 0.50
@@ -112,7 +114,7 @@ class Evidence:
 
 def assess(gate: Gate, prepared: list[tuple[str, bool, str | None]], vectors: np.ndarray) -> list[Evidence]:
     """The decision and evidence of each prepared message (all scorable), given their vectors: one pass of the
-    scorer, the decisions those of :meth:`gatekeeper.router.Router.decide_vectors`.
+    scorer, the decisions those of :meth:`gatekeeper.core.router.Router.decide_vectors`.
 
     A message's evidence depends on nothing else, so the last :data:`EVIDENCE_CACHE` of each gate are kept: an
     earlier turn was assessed when it was the latest message (as the query LRU keeps its vector).
@@ -193,7 +195,7 @@ class LazyEvidence(Sequence[Evidence]):
 
 
 def conversation_veto(evidence: Evidence, min_negative: float = 0.0) -> bool:
-    """The off-topic veto of :mod:`gatekeeper.offtopic` at :data:`CONVERSATION_VETO_MARGIN` and
+    """The off-topic veto of :mod:`gatekeeper.core.offtopic` at :data:`CONVERSATION_VETO_MARGIN` and
     :data:`CONVERSATION_VETO_NEGATIVE` (``min_negative`` raises the similarity bars, after a bot question)."""
     if evidence.oos_margin is None:
         return False

@@ -18,16 +18,16 @@ from typing import Iterable, Sequence
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from gatekeeper.catalog_schema import intent_key
+from gatekeeper.catalog.labelled_data import OOS_LABEL, Row
+from gatekeeper.catalog.schema import intent_key
+from gatekeeper.core.offtopic import vetoed_scores
+from gatekeeper.core.router import Thresholds
+from gatekeeper.core.scoring import HeadScorer
+from gatekeeper.core.thresholds import IntentFalseRejects, OperatingPoint, Policy, operating_points, per_intent_false_reject
 from gatekeeper.errors import UserError
-from gatekeeper.evaluation import ScoredSet, accepted_mask, metrics, score_rows
 from gatekeeper.gate import TUNING_REDERIVED, TUNING_STALE, Gate
-from gatekeeper.labelled_data import OOS_LABEL, Row
-from gatekeeper.offtopic import vetoed_scores
-from gatekeeper.router import Thresholds
-from gatekeeper.scoring import HeadScorer
-from gatekeeper.thresholds import IntentFalseRejects, OperatingPoint, Policy, operating_points, per_intent_false_reject
-from gatekeeper.tuning_file import Tuning, load_stored_rows, resolve_thresholds, rows_path, tuning_path
+from gatekeeper.measure.evaluation import ScoredSet, accepted_mask, metrics, score_rows
+from gatekeeper.store.tuning_file import Tuning, load_stored_rows, resolve_thresholds, rows_path, tuning_path
 
 log = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ class TunePlan:
 
     result: TuneResult
     preview: TunePreview
-    #: The rows tuned on, off-topic ones labelled ``oos``, as :func:`~gatekeeper.tuning_file.save_tuning` stores them.
+    #: The rows tuned on, off-topic ones labelled ``oos``, as :func:`~gatekeeper.store.tuning_file.save_tuning` stores them.
     rows: list[Row]
 
 
@@ -225,7 +225,7 @@ def preview(gate: Gate, rows: Sequence[Row], policy: Policy, per_intent: bool = 
     min_rows=30, source="the data") -> TunePreview``.
 
     ``rows`` are ``(text, label)`` or ``(text, label, context)`` tuples
-    (:data:`gatekeeper.labelled_data.Row`; context: the earlier user turns,
+    (:data:`gatekeeper.catalog.labelled_data.Row`; context: the earlier user turns,
     oldest first); labels are intent names or an ``oos_labels`` label. ``before``
     holds the figures at the gate's thresholds in force, ``after`` those of the
     tuning ``policy`` would pick, on cross-fitted scores (the refitted

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import numpy as np
 
+from gatekeeper.core.thresholds import OperatingPoint, pick_max_false_reject
 from gatekeeper.errors import UserError
-from gatekeeper.files import check_writable
-from gatekeeper.thresholds import OperatingPoint, pick_max_false_reject
-from gatekeeper.tune import TuneResult
+from gatekeeper.measure.tune import TuneResult
+from gatekeeper.store.files import check_writable
 
 #: Rows of the operating-points table: these false-reject rates, plus the chosen point.
 TABLE_FALSE_REJECT_RATES = (0.005, 0.01, 0.02, 0.03, 0.05, 0.08, 0.1, 0.15, 0.2)
@@ -56,7 +56,7 @@ def write_report(folder: str | Path, result: TuneResult, catalog_name: str) -> l
     ``folder``; return their paths."""
     import matplotlib
 
-    from gatekeeper.fonts import cjk_font_settings
+    from gatekeeper.measure.fonts import cjk_font_settings
 
     matplotlib.use("Agg")
     folder = Path(folder)

@@ -7,7 +7,7 @@ catalog has:
   penalised when an out-of-scope example is nearer. Works zero-shot, from
   intent descriptions alone.
 * :class:`HeadScorer` -- a logistic-regression head over the frozen embeddings
-  and, by default, character n-gram features of the text (:mod:`gatekeeper.lexical`),
+  and, by default, character n-gram features of the text (:mod:`gatekeeper.core.lexical`),
   with an out-of-scope class when the catalog has negatives. Its logits are
   combined with the prototype similarities by a small calibrator into
   P(in scope). It is much better at both picking the intent and spotting
@@ -22,10 +22,10 @@ from typing import Protocol, Sequence
 import numpy as np
 from scipy import sparse
 
-from gatekeeper.head_solver import HeadInputs, fit_multinomial
-from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
-from gatekeeper.lexical import CharNgrams
-from gatekeeper.parallel import single_threaded
+from gatekeeper.core.head_solver import HeadInputs, fit_multinomial
+from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.core.lexical import CharNgrams
+from gatekeeper.core.parallel import single_threaded
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
@@ -217,9 +217,9 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     """Fit the multinomial head on :func:`head_inputs`; out-of-scope rows form class K if there are enough.
 
     The objective is scikit-learn's ``LogisticRegression(C=HEAD_C)`` (tests
-    compare the two), solved by :func:`gatekeeper.head_solver.fit_multinomial`
+    compare the two), solved by :func:`gatekeeper.core.head_solver.fit_multinomial`
     without stacking the dense embedding into a sparse matrix. Call it inside
-    :func:`gatekeeper.parallel.single_threaded_pool` (or ``single_threaded``):
+    :func:`gatekeeper.core.parallel.single_threaded_pool` (or ``single_threaded``):
     one BLAS thread per fit is much faster here.
 
     Returns weights (d, K or K+1) and biases, with columns in intent order.

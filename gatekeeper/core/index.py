@@ -7,9 +7,7 @@ below :data:`HNSW_CROSSOVER` prototypes and HNSW above it.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -22,10 +20,6 @@ OUT_OF_SCOPE = -1
 HNSW_CROSSOVER = 20_000
 HNSW_NEIGHBOURS = 32
 HNSW_EF_SEARCH = 128
-
-_INDEX_FILE = "prototypes.faiss"
-_LABELS_FILE = "prototypes.npz"
-_META_FILE = "meta.json"
 
 
 @dataclass
@@ -78,24 +72,6 @@ class PrototypeIndex:
         k = min(k, len(self))
         return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
-    def save(self, folder: Path, meta: dict) -> None:
-        """Write the index, its labels and ``meta`` (which must hold the build fingerprint) to ``folder``."""
-        folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.faiss_index, str(folder / _INDEX_FILE))
-        np.savez(folder / _LABELS_FILE, labels=self.labels)
-        # meta.json is written last: a folder without it is an unfinished save and is ignored.
-        (folder / _META_FILE).write_text(json.dumps(meta, indent=2, ensure_ascii=False))
-
-    @classmethod
-    def load(cls, folder: Path, fingerprint: str) -> "PrototypeIndex | None":
-        """Load the index saved in ``folder`` if it was built for ``fingerprint``; else None (stale or absent)."""
-        meta = read_meta(folder)
-        if meta is None or meta.get("fingerprint") != fingerprint:
-            return None
-        with np.load(folder / _LABELS_FILE) as arrays:
-            labels = arrays["labels"]
-        return cls(labels=labels, faiss_index=faiss.read_index(str(folder / _INDEX_FILE)))
-
 
 def search_on_one_thread() -> None:
     """Make every FAISS search of this process single-threaded, once, at start (the sidecar's).
@@ -105,11 +81,3 @@ def search_on_one_thread() -> None:
     encoder needs. Set once for the process, never per request.
     """
     faiss.omp_set_num_threads(1)
-
-
-def read_meta(folder: Path) -> dict | None:
-    """The metadata of the index saved in ``folder``, or None if there is none."""
-    try:
-        return json.loads((folder / _META_FILE).read_text())
-    except (OSError, ValueError):
-        return None

@@ -72,7 +72,7 @@ def fit_multinomial(inputs: HeadInputs, targets: np.ndarray, n_classes: int, pen
     ``targets`` are class ids; ``init`` is a starting point (weights (d + v, k),
     biases (k,)), else zeros. Stops when no gradient entry exceeds ``tol`` or
     after ``max_iter`` iterations. Run it with single-threaded BLAS (see
-    :mod:`gatekeeper.parallel`): several fits in parallel beat one fit on
+    :mod:`gatekeeper.core.parallel`): several fits in parallel beat one fit on
     several threads.
     """
     rows = inputs.shape[1] + 1

@@ -37,7 +37,7 @@ unsure. Applied to single messages at margin 3 and cosine 0.55 it rejected
 0.7-3% more in-scope messages there (55 of CLINC150's 4,500 test messages at 10
 shots) and moved those rows' AUROC by up to 0.025; even part 2 alone moved
 several few-shot rows by more than 0.002. So single messages are decided as
-before, and :mod:`gatekeeper.conversation_model` applies the veto to the
+before, and :mod:`gatekeeper.core.conversation_model` applies the veto to the
 messages of a conversation (margin 2, cosine 0.50), where the rule has the
 conversation's evidence and a wrong veto costs one later message. ``eval`` and
 ``tune`` score a row the conversation rule rejected with :func:`vetoed_scores`
@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gatekeeper.scoring import HeadScorer, ScoreBatch, Scorer
+from gatekeeper.core.scoring import HeadScorer, ScoreBatch, Scorer
 
 #: The veto's bars for a single message had it applied there (module doc); the conversation rule passes its own.
 VETO_MARGIN = 3.0
@@ -88,7 +88,7 @@ def veto_rule(margin: np.ndarray, nearest_intent: np.ndarray, nearest_negative: 
               min_negative: float = 0.0, margin_bar: float = VETO_MARGIN,
               negative_bar: float = VETO_MIN_NEGATIVE) -> np.ndarray:
     """The veto (module doc) on its inputs; ``min_negative`` raises both similarity bars (after a bot question);
-    inside a conversation the rule uses lower bars (:mod:`gatekeeper.conversation_model`)."""
+    inside a conversation the rule uses lower bars (:mod:`gatekeeper.core.conversation_model`)."""
     headed = ((margin >= margin_bar) & (nearest_negative >= max(negative_bar, min_negative))
               & (nearest_negative >= nearest_intent))
     paraphrase = ((nearest_negative >= max(PARAPHRASE_NEGATIVE, min_negative))
