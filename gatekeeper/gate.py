@@ -27,6 +27,7 @@ import numpy as np
 from gatekeeper import __version__
 from gatekeeper.catalog.loader import load_catalog
 from gatekeeper.catalog.schema import Catalog
+from gatekeeper.core.calibrator import Calibrator
 from gatekeeper.core.fit import Artifacts, ProgressCallback, build_artifacts
 from gatekeeper.core.router import REASON_EMPTY, REASON_NOT_TEXT, Decision, Router
 from gatekeeper.core.scoring import HeadScorer
@@ -178,7 +179,7 @@ class Gate:
     def _set_tuning(self, tuning: Tuning | None, status: str, problem: str | None = None) -> None:
         scorer = self.artifacts_.scorer
         if tuning is not None and tuning.calibrator and isinstance(scorer, HeadScorer):
-            scorer = scorer.with_parameters(tuning.calibrator)
+            scorer = scorer.with_calibrator(Calibrator.from_dict(tuning.calibrator))
         self.router_ = Router(self.catalog_, scorer, resolve_thresholds(self.catalog_, self.artifacts_.auto_threshold,
                                                                         tuning))
         self.tuning_ = tuning

@@ -25,7 +25,8 @@ import yaml
 from gatekeeper.gate import Gate
 from tests.conftest import INTENTS
 
-from gatekeeper.core.conversation import FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text, user_turns
+from gatekeeper.core.conversation import (FollowupPolicy, decide_turn, estimate_tokens, message_text, prompt_text,
+                                          user_turns)
 
 #: Follow-ups that depend on an on-topic earlier turn: should be accepted.
 FOLLOW_UPS = {

@@ -19,11 +19,12 @@ import numpy as np
 from gatekeeper.catalog.checks import text_key
 from gatekeeper.catalog.oos_pack import keep_mask, pack_entries, pack_fingerprint
 from gatekeeper.catalog.schema import Catalog
+from gatekeeper.core.calibrator import Calibrator
 from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.core.lexical import CharNgrams
 from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
-                                Scorer, fit_calibrator, head_inputs, nearest_similarities, uses_head)
+                                Scorer, head_inputs, nearest_similarities, uses_head)
 from gatekeeper.core.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 from gatekeeper.embedders.base import Embedder
 
@@ -284,17 +285,15 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     unseen = features[from_pack].copy()
     unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
     if in_scope.all():
-        # No negatives: the score is the standardised head logit, squashed to (0, 1).
-        mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-9)
-        calibration = (np.array([1.0, 0.0, 0.0]), 0.0, mean, scale)
+        calibrator = Calibrator.first_feature(features)
     else:
-        calibration = fit_calibrator(np.concatenate([features, unseen]),
-                                     np.concatenate([in_scope, np.zeros(len(unseen), bool)]))
-    scorer = HeadScorer(index, n_intents, *heads.full, *calibration, lexical)
-    scores = scorer.calibrate(features)
+        calibrator = Calibrator.fit(np.concatenate([features, unseen]),
+                                    np.concatenate([in_scope, np.zeros(len(unseen), bool)]))
+    scorer = HeadScorer(index, n_intents, heads.full, calibrator, lexical)
+    scores = calibrator.probability(features)
     threshold = threshold_for_false_reject(scores[in_scope], DEFAULT_MAX_FALSE_REJECT)
     estimate = auto_estimate(threshold, scores[in_scope], scores[~in_scope], from_pack[~in_scope],
-                             scorer.calibrate(unseen),
+                             calibrator.probability(unseen),
                              basis=f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds), cosines with the row left "
                                    "out")
     return scorer, threshold, heads, estimate

@@ -18,7 +18,7 @@ from typing import Callable, TypeVar
 import numpy as np
 
 from gatekeeper.core.parallel import available_cores, single_threaded_pool
-from gatekeeper.core.scoring import HEAD_TOL, HeadInputs, fit_head
+from gatekeeper.core.scoring import HEAD_TOL, Head, HeadInputs, fit_head
 
 CROSS_FIT_FOLDS = 3
 #: Gradient tolerance of a warm-started full head. At the cold tolerance an
@@ -28,8 +28,6 @@ CROSS_FIT_FOLDS = 3
 #: of 3 rows, and the head's test predictions agree with a cold fit's at 99.6%).
 WARM_FULL_HEAD_TOL = HEAD_TOL / 10
 
-#: A head: weights (d, classes) and biases (classes,).
-Head = tuple[np.ndarray, np.ndarray]
 Result = TypeVar("Result")
 
 

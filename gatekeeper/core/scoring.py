@@ -22,10 +22,10 @@ from typing import Protocol, Sequence
 import numpy as np
 from scipy import sparse
 
+from gatekeeper.core.calibrator import Calibrator
 from gatekeeper.core.head_solver import HeadInputs, fit_multinomial
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.core.lexical import CharNgrams
-from gatekeeper.core.parallel import single_threaded
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
@@ -41,6 +41,9 @@ HEAD_MIN_EXAMPLES_PER_INTENT = 3
 HEAD_MIN_NEGATIVES = 5
 #: Bias of a head's class that had no rows to fit (a fold without an intent's examples): it never wins.
 ABSENT_CLASS_BIAS = -1e4
+
+#: A head: weights (d, classes) and biases (classes,).
+Head = tuple[np.ndarray, np.ndarray]
 
 
 @dataclass
@@ -119,20 +122,16 @@ class HeadScorer:
 
     name = "head"
 
-    def __init__(self, index: PrototypeIndex, n_intents: int, head_weights: np.ndarray, head_bias: np.ndarray,
-                 calibrator_weights: np.ndarray, calibrator_bias: float, feature_mean: np.ndarray,
-                 feature_scale: np.ndarray, lexical: CharNgrams | None = None):
+    def __init__(self, index: PrototypeIndex, n_intents: int, head: Head, calibrator: Calibrator,
+                 lexical: CharNgrams | None = None):
         self._index = index
         self._n_intents = n_intents
         self.lexical = lexical
         # float64, so a message's logits do not depend on the batch it is scored in: float32 products round
         # differently for different batch shapes (BLAS's sums), which moved a decision's sixth decimal.
-        self.head_weights = head_weights.astype(np.float64)
-        self.head_bias = head_bias.astype(np.float64)
-        self.calibrator_weights = calibrator_weights.astype(np.float64)
-        self.calibrator_bias = float(calibrator_bias)
-        self.feature_mean = feature_mean.astype(np.float64)
-        self.feature_scale = feature_scale.astype(np.float64)
+        self.head_weights = head[0].astype(np.float64)
+        self.head_bias = head[1].astype(np.float64)
+        self.calibrator = calibrator
 
     @property
     def has_negative_class(self) -> bool:
@@ -167,36 +166,17 @@ class HeadScorer:
     def score(self, queries: np.ndarray, texts: Sequence[str]) -> ScoreBatch:
         """Score messages: their unit-length query vectors (n, d) and their texts."""
         features, intent_logits, nearest_negative = self.features(queries, self.lexical_rows(texts))
-        return ScoreBatch(intent_scores=softmax(intent_logits), score=self.calibrate(features),
+        return ScoreBatch(intent_scores=softmax(intent_logits), score=self.calibrator.probability(features),
                           nearest_out_of_scope=nearest_negative, features=features)
 
-    def calibrate(self, features: np.ndarray) -> np.ndarray:
-        """P(in scope) from raw features."""
-        z = ((features - self.feature_mean) / self.feature_scale) @ self.calibrator_weights + self.calibrator_bias
-        return (1.0 / (1.0 + np.exp(-z))).astype(np.float32)
-
-    def calibrator(self) -> dict[str, list[float] | float]:
-        """The calibrator's parameters, JSON-ready (what ``gatekeeper tune`` saves)."""
-        return {"weights": self.calibrator_weights.tolist(), "bias": self.calibrator_bias,
-                "mean": self.feature_mean.tolist(), "scale": self.feature_scale.tolist()}
-
-    def with_parameters(self, calibrator: dict) -> "HeadScorer":
-        """A copy using the given calibrator parameters (as from :meth:`calibrator`)."""
-        return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias,
-                          np.asarray(calibrator["weights"]), float(calibrator["bias"]),
-                          np.asarray(calibrator["mean"]), np.asarray(calibrator["scale"]), self.lexical)
-
-    def refit_calibrator(self, features: np.ndarray, in_scope: np.ndarray) -> "HeadScorer":
-        """A copy whose calibrator is refitted on ``features`` labelled ``in_scope`` (True/False)."""
-        weights, bias, mean, scale = fit_calibrator(features, in_scope)
-        return HeadScorer(self._index, self._n_intents, self.head_weights, self.head_bias, weights, bias, mean,
-                          scale, self.lexical)
+    def with_calibrator(self, calibrator: Calibrator) -> "HeadScorer":
+        """A copy using ``calibrator`` (refitted by ``gatekeeper tune``)."""
+        return HeadScorer(self._index, self._n_intents, (self.head_weights, self.head_bias), calibrator,
+                          self.lexical)
 
     def state(self) -> dict[str, np.ndarray]:
         """The head's, the calibrator's and the n-gram featuriser's parameters."""
-        return {"head_weights": self.head_weights, "head_bias": self.head_bias,
-                "calibrator_weights": self.calibrator_weights, "calibrator_bias": np.array(self.calibrator_bias),
-                "feature_mean": self.feature_mean, "feature_scale": self.feature_scale,
+        return {"head_weights": self.head_weights, "head_bias": self.head_bias, **self.calibrator.state(),
                 **(self.lexical.state() if self.lexical is not None else {})}
 
 
@@ -212,8 +192,7 @@ def head_inputs(vectors: np.ndarray, lexical_rows: sparse.csr_matrix | None) -> 
 
 
 def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
-             init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = HEAD_TOL
-             ) -> tuple[np.ndarray, np.ndarray]:
+             init: Head | None = None, tol: float = HEAD_TOL) -> Head:
     """Fit the multinomial head on :func:`head_inputs`; out-of-scope rows form class K if there are enough.
 
     The objective is scikit-learn's ``LogisticRegression(C=HEAD_C)`` (tests
@@ -246,20 +225,6 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     return weights, bias
 
 
-def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Logistic regression of in-scope (True) vs out-of-scope on standardised features."""
-    # Imported at fit time only: loading a built catalog stays light.
-    from sklearn.linear_model import LogisticRegression
-
-    mean = features.mean(axis=0)
-    scale = features.std(axis=0)
-    scale[scale < 1e-9] = 1.0
-    model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
-    with single_threaded():
-        model.fit((features - mean) / scale, in_scope.astype(int))
-    return model.coef_[0], float(model.intercept_[0]), mean, scale
-
-
 def uses_head(labels: np.ndarray, n_intents: int, own_intents: Sequence[int] | None = None) -> bool:
     """Whether the catalog has enough examples for the head scorer.
 
@@ -282,5 +247,5 @@ def load_scorer(name: str, index: PrototypeIndex, n_intents: int, state: dict[st
         return NearestPrototypeScorer(index, n_intents)
     lexical = (CharNgrams(state["lexical_vocabulary"], state["lexical_idf"])
                if "lexical_vocabulary" in state else None)
-    return HeadScorer(index, n_intents, state["head_weights"], state["head_bias"], state["calibrator_weights"],
-                      float(state["calibrator_bias"]), state["feature_mean"], state["feature_scale"], lexical)
+    return HeadScorer(index, n_intents, (state["head_weights"], state["head_bias"]), Calibrator.from_state(state),
+                      lexical)

@@ -20,10 +20,12 @@ from sklearn.model_selection import StratifiedKFold
 
 from gatekeeper.catalog.labelled_data import OOS_LABEL, Row
 from gatekeeper.catalog.schema import intent_key
+from gatekeeper.core.calibrator import Calibrator
 from gatekeeper.core.offtopic import vetoed_scores
 from gatekeeper.core.router import Thresholds
 from gatekeeper.core.scoring import HeadScorer
-from gatekeeper.core.thresholds import IntentFalseRejects, OperatingPoint, Policy, operating_points, per_intent_false_reject
+from gatekeeper.core.thresholds import (IntentFalseRejects, OperatingPoint, Policy, operating_points,
+                                        per_intent_false_reject)
 from gatekeeper.errors import UserError
 from gatekeeper.gate import TUNING_REDERIVED, TUNING_STALE, Gate
 from gatekeeper.measure.evaluation import ScoredSet, accepted_mask, metrics, score_rows
@@ -65,10 +67,10 @@ def tune(gate: Gate, scored: ScoredSet, policy: Policy, per_intent: bool, overri
     calibrator = None
     scores = scored.scores
     if isinstance(scorer, HeadScorer):
-        scores = _cross_fitted_scores(scorer, scored.batch.features, inside)
+        scores = _cross_fitted_scores(scored.batch.features, inside)
         if len(scored.vetoed) == len(scores):  # rows the conversation rule rejected, as score_rows lowered them
             scores = vetoed_scores(scores, scored.vetoed)
-        calibrator = scorer.refit_calibrator(scored.batch.features, inside).calibrator()
+        calibrator = Calibrator.fit(scored.batch.features, inside).to_dict()
     points = operating_points(scores[inside], scores[~inside])
     chosen = policy.pick(points, oos_share=float((~inside).mean()))
     per_intent_thresholds = (_per_intent_thresholds(scored, scores, chosen.threshold, policy,
@@ -101,15 +103,15 @@ def intent_false_rejects(scored: ScoredSet, scores: np.ndarray, thresholds: Thre
                                    intents=scored.true_intent[inside], max_false_reject=limit)
 
 
-def _cross_fitted_scores(scorer: HeadScorer, features: np.ndarray, inside: np.ndarray) -> np.ndarray:
+def _cross_fitted_scores(features: np.ndarray, inside: np.ndarray) -> np.ndarray:
     """Calibrated scores of each row from a calibrator fitted on the other folds."""
     folds = min(CALIBRATION_FOLDS, int(inside.sum()), int((~inside).sum()))
     if folds < 2:
-        return scorer.refit_calibrator(features, inside).calibrate(features)
+        return Calibrator.fit(features, inside).probability(features)
     scores = np.zeros(len(inside), dtype=np.float32)
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=0)
     for train, test in splitter.split(features, inside):
-        scores[test] = scorer.refit_calibrator(features[train], inside[train]).calibrate(features[test])
+        scores[test] = Calibrator.fit(features[train], inside[train]).probability(features[test])
     return scores
 
 

@@ -11,7 +11,8 @@ from typing import Iterable, get_args
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from gatekeeper.core.router import ACTIONS, REASON_BELOW_THRESHOLD, REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE, REASON_NOT_TEXT
+from gatekeeper.core.router import (ACTIONS, REASON_BELOW_THRESHOLD, REASON_EMPTY, REASON_NEAREST_OUT_OF_SCOPE,
+                                    REASON_NOT_TEXT)
 from gatekeeper.server.config import EmbeddingFailurePolicy
 
 #: Gate score buckets: a few negative ones for cosine scores, then 0..1 in 0.05 steps.
