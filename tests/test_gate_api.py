@@ -17,6 +17,7 @@ import gatekeeper
 from gatekeeper import Decision, GatekeeperError, Gate, Policy, load_catalog
 from gatekeeper.errors import UserError
 from gatekeeper.gate import MANIFEST, NotFittedError
+from tests.fake_embedder import HashedNgramEmbedder
 from tests.server_fixtures import write_catalog
 from tests.test_tune_safety import EARLIER, FOLLOW_UP, IN_SCOPE, OFF_TOPIC, SHOP
 
@@ -35,6 +36,12 @@ def shop_gate(shop: Path, use_embedder) -> Gate:
     return Gate(embedder=use_embedder).fit(shop)
 
 
+@pytest.fixture
+def plumbing_gate(shop: Path) -> Gate:
+    """The shop catalog fitted over the in-process test embedder: for saving and loading, not for decisions."""
+    return Gate(embedder=HashedNgramEmbedder()).fit(shop)
+
+
 def test_the_public_names_are_exported_and_import_lazily():
     assert {"Gate", "Decision", "Policy", "load_catalog", "GatekeeperError"} <= set(gatekeeper.__all__)
     probe = ("import sys, gatekeeper; "
@@ -45,15 +52,16 @@ def test_the_public_names_are_exported_and_import_lazily():
         gatekeeper.Nope  # noqa: B018
 
 
-def test_parameters_are_kept_and_fitted_state_ends_in_an_underscore(shop, use_embedder):
-    gate = Gate(embedder=use_embedder, threads=2)
-    assert gate.get_params() == {"embedder": use_embedder, "threads": 2, "rebuild": False}
+def test_parameters_are_kept_and_fitted_state_ends_in_an_underscore(shop):
+    embedder = HashedNgramEmbedder()
+    gate = Gate(embedder=embedder, threads=2)
+    assert gate.get_params() == {"embedder": embedder, "threads": 2, "rebuild": False}
     assert not gate.is_fitted and "fitted" not in repr(gate)
     with pytest.raises(NotFittedError, match="call fit"):
         gate.decide("where is my order")
     assert isinstance(NotFittedError("x"), GatekeeperError)
     assert gate.fit(shop) is gate  # fit returns the gate itself
-    assert gate.get_params()["embedder"] is use_embedder  # parameters untouched by fitting
+    assert gate.get_params()["embedder"] is embedder  # parameters untouched by fitting
     assert gate.catalog_.name == "shop" and gate.catalog_path_ == str(shop)
     assert gate.tuning_status_ == "none" and gate.router_.thresholds.source == "auto"
     assert "fitted on 'shop': 2 intents" in repr(gate)
@@ -109,29 +117,29 @@ def test_tune_then_save_and_load_keep_every_decision(shop, use_embedder, tmp_pat
     assert loaded.decide_many(probe) == gate.decide_many(probe)
 
 
-def test_saving_again_replaces_the_folder_whole(shop_gate, tmp_path):
-    folder = shop_gate.save(tmp_path / "saved")
+def test_saving_again_replaces_the_folder_whole(plumbing_gate, tmp_path):
+    folder = plumbing_gate.save(tmp_path / "saved")
     (folder / "stray.txt").write_text("left from before")
-    shop_gate.save(folder)
+    plumbing_gate.save(folder)
     assert not (folder / "stray.txt").exists()
     assert [path.name for path in tmp_path.iterdir() if path.name.startswith(".")] == []  # no staging left behind
 
 
-def test_loading_something_else_says_what_it_is_and_the_fix(shop_gate, tmp_path):
+def test_loading_something_else_says_what_it_is_and_the_fix(plumbing_gate, tmp_path):
     with pytest.raises(UserError, match=r"not a saved gate \(no gate.json\).*Gate\(\)\.fit\(path\)"):
         Gate.load(tmp_path)
-    folder = shop_gate.save(tmp_path / "saved")
+    folder = plumbing_gate.save(tmp_path / "saved")
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     (folder / MANIFEST).write_text(json.dumps({**manifest, "model": "another-model"}), encoding="utf-8")
     with pytest.raises(UserError, match="saved with model another-model"):
-        Gate.load(folder, shop_gate.embedder_)
+        Gate.load(folder, plumbing_gate.embedder_)
     (folder / MANIFEST).write_text(json.dumps({**manifest, "format_version": 99}), encoding="utf-8")
     with pytest.raises(UserError, match="not a gate this version can read"):
-        Gate.load(folder, shop_gate.embedder_)
+        Gate.load(folder, plumbing_gate.embedder_)
 
 
-def test_a_failed_save_leaves_the_previous_gate_in_place(shop_gate, tmp_path, monkeypatch):
-    folder = shop_gate.save(tmp_path / "saved")
+def test_a_failed_save_leaves_the_previous_gate_in_place(plumbing_gate, tmp_path, monkeypatch):
+    folder = plumbing_gate.save(tmp_path / "saved")
     before = {path.name: path.read_bytes() for path in folder.iterdir()}
 
     def disk_full(*args, **kwargs):
@@ -139,7 +147,7 @@ def test_a_failed_save_leaves_the_previous_gate_in_place(shop_gate, tmp_path, mo
 
     monkeypatch.setattr("gatekeeper.gate.save_artifacts", disk_full)  # the disk fills up halfway through
     with pytest.raises(UserError, match="cannot save the gate there.*No space left"):
-        shop_gate.save(folder)
+        plumbing_gate.save(folder)
     assert {path.name: path.read_bytes() for path in folder.iterdir()} == before
     assert sorted(path.name for path in tmp_path.iterdir()) == ["saved", "shop.yaml"]  # no staging left behind
 
