@@ -1,6 +1,6 @@
 """The built-in bilingual out-of-scope pack: off-topic messages every catalog is contrasted with.
 
-``gatekeeper/packs/out_of_scope.yaml`` holds several hundred Chinese and
+``gatekeeper/catalog/packs/out_of_scope.yaml`` holds several hundred Chinese and
 English messages in categories (chit-chat, weather, homework, coding,
 creative writing, jailbreaks, off-topic tasks that borrow on-topic words...),
 written for this project. A catalog uses them as extra negatives unless it
