@@ -5,9 +5,11 @@ Import the fixtures into a test module with
 ``from tests.server_fixtures import asgi_sidecar, memory_upstream  # noqa: F401``
 (and ``start_sidecar``, ``fake_upstream`` for real sockets).
 
-* :func:`asgi_sidecar` drives the app in process: an ``httpx`` client over
-  an ASGI transport, the app's lifespan run (its encoder and decision threads,
-  the background catalog load), responses streamed as the app sends them.
+* :func:`asgi_sidecar` drives the app in process: Starlette's test client
+  (the ``httpx`` API over an ASGI transport), the app's lifespan run (its
+  encoder and decision threads, the background catalog load), responses
+  streamed as the app sends them; ``httpx.AsyncClient`` over
+  ``httpx.ASGITransport`` for concurrent requests.
   What it cannot show is the HTTP server's part: uvicorn's options and
   timeouts, connections and disconnects, the framing of a body cut short,
   other programs (curl, Prometheus) talking to it. Those tests use
@@ -86,10 +88,11 @@ class Sidecar:
 class AsgiSidecar(Sidecar):
     """A sidecar driven in process: ``client`` sends requests straight to the app (no socket)."""
 
-    #: An ``httpx.Client`` over the app; its lifespan runs while the test does.
+    #: Starlette's test client (an ``httpx2.Client``, the ``httpx`` API) over the app: its lifespan runs while the
+    #: test does, each response streams as the app sends it.
     client: TestClient
 
-    def openai(self, api_key: str = "test") -> openai.OpenAI:
+    def openai_client(self, api_key: str = "test") -> openai.OpenAI:
         """The official client, talking to the sidecar through :attr:`client`."""
         return openai.OpenAI(base_url=str(self.client.base_url.join("/v1")), api_key=api_key, max_retries=0,
                              http_client=self.client)

@@ -83,7 +83,7 @@ def test_conversation_and_reply_intents_are_answered_without_the_llm(sidecar, me
 
 
 def test_a_chinese_intent_is_forwarded_with_a_percent_encoded_header(sidecar, memory_upstream):
-    client = sidecar.openai()
+    client = sidecar.openai_client()
     raw = client.chat.completions.with_raw_response.create(
         model="test-model", messages=[{"role": "user", "content": "我买的裤子想退"}])
     assert raw.headers["x-gatekeeper-intent"] == quote(RETURNS, safe="") == "%E9%80%80%E8%B4%A7%E7%94%B3%E8%AF%B7"

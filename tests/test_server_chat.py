@@ -114,14 +114,14 @@ def test_openai_client_streams_an_accepted_request_as_it_arrives(telecom_gate, f
 
 
 def test_a_compressed_upstream_stream_reaches_the_client_decoded(sidecar):
-    client = sidecar.openai("caller-key")
+    client = sidecar.openai_client("caller-key")
     pieces = [chunk.choices[0].delta.content or "" for chunk in client.chat.completions.create(
         model="mock-gzip", stream=True, messages=[{"role": "user", "content": ON_TOPIC}])]
     assert "".join(pieces) == "".join(STREAM_PIECES)
 
 
 def test_openai_client_gets_the_canned_reply_as_a_stream(sidecar, memory_upstream, telecom_gate):
-    client = sidecar.openai("caller-key")
+    client = sidecar.openai_client("caller-key")
     chunks = list(client.chat.completions.create(model="test-model", stream=True,
                                                  stream_options={"include_usage": True},
                                                  messages=[{"role": "user", "content": OFF_TOPIC}]))
@@ -144,7 +144,7 @@ def test_rejected_stream_is_well_formed_sse(sidecar):
 
 
 def test_openai_client_non_streaming_rejection(sidecar, memory_upstream, telecom_gate):
-    client = sidecar.openai("k")
+    client = sidecar.openai_client("k")
     raw = client.chat.completions.with_raw_response.create(model="test-model",
                                                            messages=[{"role": "user", "content": OFF_TOPIC_EN}])
     completion = raw.parse()

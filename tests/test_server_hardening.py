@@ -328,7 +328,7 @@ def test_an_upstream_redirect_is_not_followed(sidecar, memory_upstream):
 # 6. The rest of the OpenAI API is relayed.
 
 def test_the_openai_client_lists_models_and_embeds_through_the_sidecar(sidecar, memory_upstream):
-    client = sidecar.openai("caller-key")
+    client = sidecar.openai_client("caller-key")
     assert [model.id for model in client.models.list()] == list(UPSTREAM_MODELS)
     embeddings = client.embeddings.create(model="fake-embed", input=["ab", "abcd"], encoding_format="float")
     assert [item.embedding for item in embeddings.data] == [[2.0] * EMBEDDING_DIM, [4.0] * EMBEDDING_DIM]

@@ -49,7 +49,7 @@ def sidecar(telecom_gate, memory_upstream, asgi_sidecar):  # noqa: F811
 
 @pytest.fixture
 def client(sidecar) -> openai.OpenAI:
-    return sidecar.openai("sk-test")
+    return sidecar.openai_client("sk-test")
 
 
 def chat(sidecar, messages: list[dict], **extra: object) -> httpx.Response:
