@@ -19,9 +19,9 @@ from gatekeeper.core.fit import build_artifacts
 from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, realign
 from gatekeeper.core.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams, char_wb_ngrams
 from gatekeeper.core.scoring import HeadScorer, head_inputs
-from gatekeeper.store.artifacts import load_heads, state_dir
 from gatekeeper.gate import Gate
 from gatekeeper.measure.evaluation import metrics, score_rows
+from gatekeeper.store.artifacts import load_heads, state_dir
 from tests.conftest import INTENTS, SHARED_DATA
 
 TEXTS = ["我要查话费", "帮我查一下话费余额", "话费怎么这么贵", "check my balance", "what is my balance", "套餐怎么改"]

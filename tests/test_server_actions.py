@@ -1,5 +1,6 @@
-"""Per-intent actions and Unicode intent names over real HTTP: forward, reply, handoff, the conversation pack,
-percent-encoded intent headers (read with the official ``openai`` client and with curl), metrics."""
+"""Per-intent actions and Unicode intent names, in process and (for curl) over real HTTP: forward, reply, handoff,
+the conversation pack, percent-encoded intent headers (read with the official ``openai`` client and with curl),
+metrics."""
 
 from __future__ import annotations
 
@@ -9,11 +10,16 @@ import sys
 from urllib.parse import quote, unquote
 
 import httpx
-import openai
 import pytest
 
 from gatekeeper.gate import Gate
-from tests.server_fixtures import chat_body, fake_upstream, start_sidecar, write_catalog  # noqa: F401
+from tests.server_fixtures import (  # noqa: F401
+    asgi_sidecar,
+    chat_body,
+    memory_upstream,
+    start_sidecar,
+    write_catalog,
+)
 
 RETURNS = "退货申请"
 HOURS = "营业时间"
@@ -42,12 +48,12 @@ def shop_gate(tmp_path_factory, use_embedder) -> Gate:
 
 
 @pytest.fixture
-def sidecar(shop_gate, fake_upstream, start_sidecar):  # noqa: F811
-    return start_sidecar(shop_gate, upstream_base_url=fake_upstream.base_url)
+def sidecar(shop_gate, memory_upstream, asgi_sidecar):
+    return asgi_sidecar(shop_gate, upstream=memory_upstream)
 
 
 def chat(sidecar, text: str, **extra: object) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(text, **extra), timeout=20)
+    return sidecar.client.post("/v1/chat/completions", json=chat_body(text, **extra))
 
 
 @pytest.mark.parametrize("text,intent,action,language", [
@@ -60,7 +66,7 @@ def chat(sidecar, text: str, **extra: object) -> httpx.Response:
     ("转人工", "human_agent", "handoff", "zh"),
     ("周六你们开门吗", HOURS, "reply", "zh"),
 ])
-def test_conversation_and_reply_intents_are_answered_without_the_llm(sidecar, fake_upstream, shop_gate, text,
+def test_conversation_and_reply_intents_are_answered_without_the_llm(sidecar, memory_upstream, shop_gate, text,
                                                                       intent, action, language):
     response = chat(sidecar, text)
     assert response.status_code == 200
@@ -69,34 +75,35 @@ def test_conversation_and_reply_intents_are_answered_without_the_llm(sidecar, fa
     assert unquote(response.headers["x-gatekeeper-intent"]) == intent
     content = response.json()["choices"][0]["message"]["content"]
     assert content == shop_gate.catalog_.intent(intent).answer(language)
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
     assert sidecar.metric("gatekeeper_actions_total", action=action, mode="enforce") == 1
     assert sidecar.metric("gatekeeper_llm_calls_saved_total") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="below_threshold") == 0
     assert sidecar.metric("gatekeeper_decisions_total", decision="accepted", intent=intent, mode="enforce") == 1
 
 
-def test_a_chinese_intent_is_forwarded_with_a_percent_encoded_header(sidecar, fake_upstream):
-    client = openai.OpenAI(base_url=f"{sidecar.base_url}/v1", api_key="test", max_retries=0)
+def test_a_chinese_intent_is_forwarded_with_a_percent_encoded_header(sidecar, memory_upstream):
+    client = sidecar.openai_client()
     raw = client.chat.completions.with_raw_response.create(
         model="test-model", messages=[{"role": "user", "content": "我买的裤子想退"}])
     assert raw.headers["x-gatekeeper-intent"] == quote(RETURNS, safe="") == "%E9%80%80%E8%B4%A7%E7%94%B3%E8%AF%B7"
     assert unquote(raw.headers["x-gatekeeper-intent"]) == RETURNS
     assert raw.headers["x-gatekeeper-action"] == "forward"
     assert raw.parse().choices[0].message.content  # the upstream's answer
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
     assert sidecar.metric("gatekeeper_actions_total", action="forward", mode="enforce") == 1
     assert sidecar.metric("gatekeeper_llm_calls_saved_total") == 0
 
 
-def test_curl_sees_ascii_headers_and_raw_utf8_json(sidecar):
+def test_curl_sees_ascii_headers_and_raw_utf8_json(shop_gate, memory_upstream, start_sidecar):
+    served = start_sidecar(shop_gate, upstream=memory_upstream)  # curl needs a socket
     headers = subprocess.run(["curl", "-s", "-D", "-", "-o", "/dev/null", "-H", "content-type: application/json",
                               "--data-binary", json.dumps(chat_body("我买的裤子想退")),
-                              f"{sidecar.base_url}/v1/chat/completions"], capture_output=True, timeout=30).stdout
+                              f"{served.base_url}/v1/chat/completions"], capture_output=True, timeout=30).stdout
     headers.decode("ascii")  # every header byte is ASCII
     assert b"x-gatekeeper-intent: %E9%80%80%E8%B4%A7%E7%94%B3%E8%AF%B7" in headers
     body = subprocess.run(["curl", "-s", "-H", "content-type: application/json", "--data-binary",
-                           json.dumps({"text": "我买的裤子想退"}), f"{sidecar.base_url}/v1/gate"],
+                           json.dumps({"text": "我买的裤子想退"}), f"{served.base_url}/v1/gate"],
                           capture_output=True, timeout=30).stdout
     assert f'"intent":"{RETURNS}"'.encode() in body  # raw UTF-8, not \u escapes
     decision = json.loads(body)
@@ -104,46 +111,45 @@ def test_curl_sees_ascii_headers_and_raw_utf8_json(sidecar):
 
 
 def test_gate_endpoint_reports_actions(sidecar):
-    decisions = httpx.post(f"{sidecar.base_url}/v1/gate", json={"texts": ["你好", "转人工", "今天天气怎么样"]},
-                           timeout=20).json()["decisions"]
+    response = sidecar.client.post("/v1/gate", json={"texts": ["你好", "转人工", "今天天气怎么样"]})
+    decisions = response.json()["decisions"]
     assert [(d["intent"], d["action"]) for d in decisions[:2]] == [("greeting", "reply"), ("human_agent", "handoff")]
     assert decisions[2]["accepted"] is False and decisions[2]["action"] == "reject"
 
 
-def test_streamed_reply_intent(sidecar, fake_upstream, shop_gate):
-    with httpx.stream("POST", f"{sidecar.base_url}/v1/chat/completions", json=chat_body("你好", stream=True),
-                      timeout=20) as response:
+def test_streamed_reply_intent(sidecar, memory_upstream, shop_gate):
+    with sidecar.client.stream("POST", "/v1/chat/completions", json=chat_body("你好", stream=True)) as response:
         assert response.headers["x-gatekeeper-action"] == "reply"
         events = [line for line in response.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "data: [DONE]"
     first = json.loads(events[0][len("data: "):])
     assert first["choices"][0]["delta"]["content"] == shop_gate.catalog_.intent("greeting").answer("zh")
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
-def test_shadow_mode_forwards_reply_intents_but_counts_them(shop_gate, fake_upstream, start_sidecar):  # noqa: F811
-    sidecar = start_sidecar(shop_gate, upstream_base_url=fake_upstream.base_url, mode="shadow")
+def test_shadow_mode_forwards_reply_intents_but_counts_them(shop_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(shop_gate, upstream=memory_upstream, mode="shadow")
     response = chat(sidecar, "你好")
     assert response.headers["x-gatekeeper-action"] == "reply"
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
     assert sidecar.metric("gatekeeper_actions_total", action="reply", mode="shadow") == 1
     assert sidecar.metric("gatekeeper_llm_calls_saved_total") == 0
 
 
 def test_prometheus_exposes_chinese_intent_labels(sidecar):
     chat(sidecar, "我买的裤子想退")
-    text = httpx.get(f"{sidecar.base_url}/metrics", timeout=10).content.decode("utf-8")
+    text = sidecar.client.get("/metrics").content.decode("utf-8")
     assert f'gatekeeper_decisions_total{{decision="accepted",intent="{RETURNS}",mode="enforce"}} 1.0' in text
     assert 'gatekeeper_actions_total{action="handoff",mode="enforce"} 0.0' in text
 
 
-def test_off_topic_gets_the_reject_reply_in_its_language(sidecar, fake_upstream):
+def test_off_topic_gets_the_reject_reply_in_its_language(sidecar, memory_upstream):
     for text, expected in (("今天天气怎么样", "抱歉，我只能回答本店订单和售后问题。"),
                            ("write me a poem about autumn", "Sorry, orders and returns only.")):
         response = chat(sidecar, text)
         assert response.headers["x-gatekeeper-action"] == "reject"
         assert response.json()["choices"][0]["message"]["content"] == expected
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_catalog_warnings_are_printed_by_build(tmp_path):

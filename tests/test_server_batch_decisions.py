@@ -14,7 +14,7 @@ import pytest
 from gatekeeper.gate import Gate
 from gatekeeper.server.middleware import AccessLogMiddleware, json_problem
 from tests.conftest import INTENTS
-from tests.server_fixtures import chat_body, fake_upstream, start_sidecar  # noqa: F401
+from tests.server_fixtures import asgi_sidecar, chat_body, memory_upstream  # noqa: F401
 
 ENCODER_THREAD = "gatekeeper-encoder_0"
 DECIDER_THREAD = "gatekeeper-decider_0"
@@ -72,17 +72,16 @@ def decisions_counted(sidecar) -> dict[str, float]:
     return counted
 
 
-def test_concurrent_requests_are_scored_together_in_the_decision_thread(recording_gate, start_sidecar):
+def test_concurrent_requests_are_scored_together_in_the_decision_thread(recording_gate, asgi_sidecar):
     texts = [f"我想查第{i}个月的话费" for i in range(20)] + ["今天天气怎么样", "帮我写一首关于秋天的诗"]
     alone = {text: recording_gate.decide(text) for text in texts}  # the same fitted gate, in process, one by one
     recording_gate.scored.clear()
-    sidecar = start_sidecar(recording_gate)
+    sidecar = asgi_sidecar(recording_gate)
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=sidecar.base_url, timeout=30) as client:
-            return await asyncio.gather(*(client.post("/v1/gate", json={"text": text}) for text in texts))
+    async def burst(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return await asyncio.gather(*(client.post("/v1/gate", json={"text": text}) for text in texts))
 
-    responses = asyncio.run(burst())
+    responses = sidecar.run_async(burst)
     for text, response in zip(texts, responses):
         expected = alone[text]
         body = response.json()
@@ -97,46 +96,45 @@ def test_concurrent_requests_are_scored_together_in_the_decision_thread(recordin
     assert len(recording_gate.scored) == sidecar.metric("gatekeeper_batch_size_count") < len(texts)  # one per call
 
 
-def test_a_texts_batch_with_empty_and_non_text_entries_keeps_its_order(recording_gate, start_sidecar):
-    sidecar = start_sidecar(recording_gate)
-    response = httpx.post(f"{sidecar.base_url}/v1/gate", json={"texts": ["  ", EARLIER, "今天天气怎么样"]}, timeout=10)
+def test_a_texts_batch_with_empty_and_non_text_entries_keeps_its_order(recording_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(recording_gate)
+    response = sidecar.client.post("/v1/gate", json={"texts": ["  ", EARLIER, "今天天气怎么样"]})
     decisions = response.json()["decisions"]
     assert [(d["reason"], d["accepted"]) for d in decisions] == [
         ("empty_input", False), (None, True), (decisions[2]["reason"], False)]
     assert recording_gate.scored == [(DECIDER_THREAD, 3)]
 
 
-def test_a_follow_up_is_resumed_in_the_decision_thread_for_its_second_call(flaky_gate, start_sidecar):
-    sidecar = start_sidecar(flaky_gate)
+def test_a_follow_up_is_resumed_in_the_decision_thread_for_its_second_call(flaky_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(flaky_gate)
     messages = [{"role": "user", "content": EARLIER}, {"role": "assistant", "content": "您本月话费为58元。"},
                 {"role": "user", "content": FOLLOW_UP}]
-    response = httpx.post(f"{sidecar.base_url}/v1/gate", json={"messages": messages}, timeout=10)
+    response = sidecar.client.post("/v1/gate", json={"messages": messages})
     assert response.status_code == 200 and response.json()["followup"] is True
     assert response.json()["intent"] == "bill_inquiry"
     assert flaky_gate.embedder_.calls == [(ENCODER_THREAD, [FOLLOW_UP, EARLIER]), (DECIDER_THREAD, [CLAUSE])]
 
 
-def test_each_request_is_counted_once_when_its_second_encoder_call_fails(flaky_gate, fake_upstream, start_sidecar):
+def test_each_request_is_counted_once_when_its_second_encoder_call_fails(flaky_gate, memory_upstream, asgi_sidecar):
     """Issue #12: a failing follow-up counted as an error and again as a decision. Now: one count per request."""
-    sidecar = start_sidecar(flaky_gate, upstream_base_url=fake_upstream.base_url, embedding_failure="fail_closed")
+    sidecar = asgi_sidecar(flaky_gate, upstream=memory_upstream, embedding_failure="fail_closed")
     flaky_gate.embedder_.fail_on = {CLAUSE}
     messages = [{"role": "user", "content": EARLIER}, {"role": "assistant", "content": "您本月话费为58元。"},
                 {"role": "user", "content": FOLLOW_UP}]
-    with httpx.Client(base_url=sidecar.base_url, timeout=10) as client:
-        failed = client.post("/v1/gate", json={"messages": messages})
-        assert failed.status_code == 503 and failed.json()["error"]["code"] == "embedding_failed"
-        closed = client.post("/v1/chat/completions", json={"model": "m", "messages": messages})
-        assert closed.headers["x-gatekeeper-decision"] == "fail-closed"
-        assert client.post("/v1/chat/completions", json=chat_body(EARLIER)).headers[
-            "x-gatekeeper-decision"] == "accepted"
-        assert client.post("/v1/gate", json={"texts": [EARLIER, "今天天气怎么样"]}).status_code == 200
+    failed = sidecar.client.post("/v1/gate", json={"messages": messages})
+    assert failed.status_code == 503 and failed.json()["error"]["code"] == "embedding_failed"
+    closed = sidecar.client.post("/v1/chat/completions", json={"model": "m", "messages": messages})
+    assert closed.headers["x-gatekeeper-decision"] == "fail-closed"
+    assert sidecar.client.post("/v1/chat/completions", json=chat_body(EARLIER)).headers[
+        "x-gatekeeper-decision"] == "accepted"
+    assert sidecar.client.post("/v1/gate", json={"texts": [EARLIER, "今天天气怎么样"]}).status_code == 200
     assert [texts for _, texts in flaky_gate.embedder_.calls].count([CLAUSE]) == 2  # the second calls were made
     assert decisions_counted(sidecar) == {"error": 2, "accepted": 2, "rejected": 1}
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_closed") == 2
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
 
 
-def test_the_access_log_is_off_by_default_and_structured_when_sampled(telecom_gate, start_sidecar):
+def test_the_access_log_is_off_by_default_and_structured_when_sampled(telecom_gate, asgi_sidecar):
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # type: ignore[method-assign]
@@ -145,13 +143,13 @@ def test_the_access_log_is_off_by_default_and_structured_when_sampled(telecom_ga
     level = logger.level
     logger.setLevel(logging.INFO)
     try:
-        quiet = start_sidecar(telecom_gate)
-        httpx.post(f"{quiet.base_url}/v1/gate", json={"text": EARLIER}, timeout=10).raise_for_status()
+        quiet = asgi_sidecar(telecom_gate)
+        quiet.client.post("/v1/gate", json={"text": EARLIER}).raise_for_status()
         assert not any(entry.cls is AccessLogMiddleware for entry in quiet.app.user_middleware)
         assert records == []
-        logged = start_sidecar(telecom_gate, access_log_sample=1.0)
-        response = httpx.post(f"{logged.base_url}/v1/gate", json={"text": EARLIER}, timeout=10)
-        httpx.get(f"{logged.base_url}/healthz", timeout=10).raise_for_status()
+        logged = asgi_sidecar(telecom_gate, access_log_sample=1.0)
+        response = logged.client.post("/v1/gate", json={"text": EARLIER})
+        logged.client.get("/healthz").raise_for_status()
     finally:
         logger.removeHandler(handler)
         logger.setLevel(level)

@@ -12,7 +12,7 @@ import pytest
 
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.server.batching import MicroBatcher
-from tests.server_fixtures import start_sidecar  # noqa: F401
+from tests.server_fixtures import asgi_sidecar  # noqa: F401
 
 
 class RecordingEmbedder:
@@ -174,15 +174,14 @@ def test_empty_input_needs_no_encoder_call():
     assert vectors.shape == (0, 2) and embedder.calls == []
 
 
-def test_concurrent_http_requests_are_batched_end_to_end(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
+def test_concurrent_http_requests_are_batched_end_to_end(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)
     texts = [f"我想查第{i}个月的话费" for i in range(24)]
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=sidecar.base_url, timeout=30) as client:
-            return await asyncio.gather(*(client.post("/v1/gate", json={"text": text}) for text in texts))
+    async def burst(client: httpx.AsyncClient) -> list[httpx.Response]:
+        return await asyncio.gather(*(client.post("/v1/gate", json={"text": text}) for text in texts))
 
-    responses = asyncio.run(burst())
+    responses = sidecar.run_async(burst)
     assert [r.json()["text"] for r in responses] == texts
     assert all(r.json()["accepted"] for r in responses)
     calls = sidecar.metric("gatekeeper_batch_size_count")

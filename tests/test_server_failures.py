@@ -1,4 +1,7 @@
-"""Failure behaviour: upstream errors, timeouts and outages, encoder failures, bad requests, no upstream."""
+"""Failure behaviour: upstream errors, timeouts and outages, encoder failures, bad requests, no upstream.
+
+The sidecar runs in process; the upstream is the in-memory fake, except where its network timeouts are the point
+(the fake on loopback) or it is down (a closed port)."""
 
 from __future__ import annotations
 
@@ -10,7 +13,15 @@ import numpy as np
 import pytest
 
 from gatekeeper.embedders import EmbeddingError
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, free_port, start_sidecar  # noqa: F401
+from tests.server_fixtures import (  # noqa: F401
+    OFF_TOPIC,
+    ON_TOPIC,
+    asgi_sidecar,
+    chat_body,
+    fake_upstream,
+    free_port,
+    memory_upstream,
+)
 
 
 class FailingEmbedder:
@@ -30,7 +41,7 @@ def failing_gate(telecom_gate):
 
 
 def post_chat(sidecar, body: dict, **kwargs) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=body, timeout=10, **kwargs)
+    return sidecar.client.post("/v1/chat/completions", json=body, **kwargs)
 
 
 def assert_openai_error(response: httpx.Response, status: int, code: str | None = None,
@@ -44,8 +55,8 @@ def assert_openai_error(response: httpx.Response, status: int, code: str | None 
     return error
 
 
-def test_upstream_500_becomes_502(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+def test_upstream_500_becomes_502(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)
     response = post_chat(sidecar, chat_body(ON_TOPIC, model="mock-500"))
     error = assert_openai_error(response, 502, "upstream_status")
     assert error["upstream_status"] == 500
@@ -53,13 +64,13 @@ def test_upstream_500_becomes_502(telecom_gate, fake_upstream, start_sidecar):
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="502") == 1
 
 
-def test_upstream_500_on_a_stream_becomes_502(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+def test_upstream_500_on_a_stream_becomes_502(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)
     assert_openai_error(post_chat(sidecar, chat_body(ON_TOPIC, model="mock-500", stream=True)), 502)
 
 
-def test_upstream_4xx_is_passed_through(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+def test_upstream_4xx_is_passed_through(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)
     error = assert_openai_error(post_chat(sidecar, chat_body(ON_TOPIC, model="mock-401")), 401, "invalid_api_key",
                                 passed_through=True)
     assert error["message"] == "bad key"
@@ -67,8 +78,8 @@ def test_upstream_4xx_is_passed_through(telecom_gate, fake_upstream, start_sidec
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_slow_upstream_times_out_with_504(telecom_gate, fake_upstream, start_sidecar, stream):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url, upstream_timeout_s=0.5)
+def test_slow_upstream_times_out_with_504(telecom_gate, fake_upstream, asgi_sidecar, stream):
+    sidecar = asgi_sidecar(telecom_gate, upstream=fake_upstream, upstream_timeout_s=0.5)
     started = time.perf_counter()
     response = post_chat(sidecar, chat_body(ON_TOPIC, model="mock-slow", stream=stream))
     assert time.perf_counter() - started < 2.5
@@ -76,11 +87,11 @@ def test_slow_upstream_times_out_with_504(telecom_gate, fake_upstream, start_sid
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="504") == 1
 
 
-def test_a_stream_that_stalls_midway_ends_with_an_error_event(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url, upstream_timeout_s=0.5)
+def test_a_stream_that_stalls_midway_ends_with_an_error_event(telecom_gate, fake_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=fake_upstream, upstream_timeout_s=0.5)
     started = time.perf_counter()
-    with httpx.stream("POST", f"{sidecar.base_url}/v1/chat/completions",
-                      json=chat_body(ON_TOPIC, model="mock-stall", stream=True), timeout=10) as response:
+    with sidecar.client.stream("POST", "/v1/chat/completions",
+                               json=chat_body(ON_TOPIC, model="mock-stall", stream=True)) as response:
         assert response.status_code == 200  # the status line went out with the first chunk
         events = [line.removeprefix("data: ") for line in response.iter_lines() if line]
     assert time.perf_counter() - started < 2.5
@@ -90,8 +101,8 @@ def test_a_stream_that_stalls_midway_ends_with_an_error_event(telecom_gate, fake
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="504") == 1
 
 
-def test_upstream_down_is_502_at_once(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=f"http://127.0.0.1:{free_port()}/v1")
+def test_upstream_down_is_502_at_once(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream_base_url=f"http://127.0.0.1:{free_port()}/v1")
     started = time.perf_counter()
     error = assert_openai_error(post_chat(sidecar, chat_body(ON_TOPIC)), 502, "upstream_unreachable")
     assert time.perf_counter() - started < 2.5
@@ -99,48 +110,48 @@ def test_upstream_down_is_502_at_once(telecom_gate, start_sidecar):
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="502") == 1
 
 
-def test_embedding_failure_fail_open_forwards(failing_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(failing_gate, upstream_base_url=fake_upstream.base_url)  # fail_open is the default
+def test_embedding_failure_fail_open_forwards(failing_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(failing_gate, upstream=memory_upstream)  # fail_open is the default
     for text in (ON_TOPIC, OFF_TOPIC):
         response = post_chat(sidecar, chat_body(text))
         assert response.status_code == 200
         assert response.headers["x-gatekeeper-decision"] == "fail-open"
         assert response.headers["x-gatekeeper-intent"] == "none"
-    assert len(fake_upstream.requests) == 2
+    assert len(memory_upstream.requests) == 2
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 2
     assert sidecar.metric("gatekeeper_decisions_total", decision="error", intent="none", mode="enforce") == 2
 
 
-def test_embedding_failure_fail_closed_sends_the_canned_reply(failing_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(failing_gate, upstream_base_url=fake_upstream.base_url, embedding_failure="fail_closed")
+def test_embedding_failure_fail_closed_sends_the_canned_reply(failing_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(failing_gate, upstream=memory_upstream, embedding_failure="fail_closed")
     response = post_chat(sidecar, chat_body(ON_TOPIC))
     assert response.status_code == 200
     assert response.headers["x-gatekeeper-decision"] == "fail-closed"
     assert response.json()["choices"][0]["message"]["content"] == failing_gate.catalog_.defaults.reject_reply["zh"]
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_closed") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="fail_closed") == 1
 
 
-def test_embedding_failure_in_shadow_mode_never_blocks(failing_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(failing_gate, upstream_base_url=fake_upstream.base_url, embedding_failure="fail_closed",
+def test_embedding_failure_in_shadow_mode_never_blocks(failing_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(failing_gate, upstream=memory_upstream, embedding_failure="fail_closed",
                             mode="shadow")
     response = post_chat(sidecar, chat_body(ON_TOPIC))
     assert response.headers["x-gatekeeper-decision"] == "shadow-rejected"
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
     assert sidecar.metric("gatekeeper_shadow_rejections_total", reason="fail_closed") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="fail_closed") == 0
 
 
-def test_embedding_failure_on_the_gate_endpoint_is_503(failing_gate, start_sidecar):
-    sidecar = start_sidecar(failing_gate)
-    response = httpx.post(f"{sidecar.base_url}/v1/gate", json={"text": ON_TOPIC}, timeout=10)
+def test_embedding_failure_on_the_gate_endpoint_is_503(failing_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(failing_gate)
+    response = sidecar.client.post("/v1/gate", json={"text": ON_TOPIC})
     assert_openai_error(response, 503, "embedding_failed")
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 1
 
 
-def test_body_over_the_limit_is_413(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url, max_body_bytes=2000)
+def test_body_over_the_limit_is_413(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream, max_body_bytes=2000)
     assert post_chat(sidecar, chat_body("话费" * 200)).status_code == 200  # under the limit (~1.3 kB)
     error = assert_openai_error(post_chat(sidecar, chat_body("话费" * 1000)), 413, "request_too_large")
     assert "2000 bytes" in error["message"]
@@ -150,19 +161,18 @@ def test_body_over_the_limit_is_413(telecom_gate, fake_upstream, start_sidecar):
         yield "话费".encode() * 1000
         yield b'"}]}'
 
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", content=chunked(),
-                          headers={"content-type": "application/json"}, timeout=10)
+    response = sidecar.client.post("/v1/chat/completions", content=chunked(),
+                                   headers={"content-type": "application/json"})
     assert_openai_error(response, 413)
     assert sidecar.settled_metric("gatekeeper_requests_total", 2, endpoint="/v1/chat/completions", status="413") == 2
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
 
 
 @pytest.mark.parametrize("content", [b'{"model": "m", "messages": [', b"", b"not json"])
-def test_invalid_json_is_400(telecom_gate, start_sidecar, content):
-    sidecar = start_sidecar(telecom_gate)
+def test_invalid_json_is_400(telecom_gate, asgi_sidecar, content):
+    sidecar = asgi_sidecar(telecom_gate)
     for path in ("/v1/chat/completions", "/v1/gate"):
-        response = httpx.post(f"{sidecar.base_url}{path}", content=content,
-                              headers={"content-type": "application/json"}, timeout=10)
+        response = sidecar.client.post(path, content=content, headers={"content-type": "application/json"})
         assert "not valid JSON" in assert_openai_error(response, 400, "invalid_json")["message"]
 
 
@@ -174,22 +184,22 @@ def test_invalid_json_is_400(telecom_gate, start_sidecar, content):
     ({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": "sometimes"}, "stream"),
     ([1, 2], None),
 ])
-def test_invalid_chat_schema_is_422(telecom_gate, fake_upstream, start_sidecar, body, param):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+def test_invalid_chat_schema_is_422(telecom_gate, memory_upstream, asgi_sidecar, body, param):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)
     error = assert_openai_error(post_chat(sidecar, body), 422, "invalid_request")
     assert error["param"] == param
     assert error["message"].startswith("invalid request: ")
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 @pytest.mark.parametrize("body", [{}, {"text": "a", "texts": ["b"]}, {"text": 3}, {"texts": []}, {"txt": "a"}])
-def test_invalid_gate_schema_is_422(telecom_gate, start_sidecar, body):
-    sidecar = start_sidecar(telecom_gate)
-    assert_openai_error(httpx.post(f"{sidecar.base_url}/v1/gate", json=body, timeout=10), 422, "invalid_request")
+def test_invalid_gate_schema_is_422(telecom_gate, asgi_sidecar, body):
+    sidecar = asgi_sidecar(telecom_gate)
+    assert_openai_error(sidecar.client.post("/v1/gate", json=body), 422, "invalid_request")
 
 
-def test_without_upstream_accepted_requests_get_503_and_gate_works(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
+def test_without_upstream_accepted_requests_get_503_and_gate_works(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)
     response = post_chat(sidecar, chat_body(ON_TOPIC))
     error = assert_openai_error(response, 503, "no_upstream")
     assert "--upstream-base-url" in error["message"] and "GATEKEEPER_UPSTREAM_BASE_URL" in error["message"]
@@ -197,10 +207,10 @@ def test_without_upstream_accepted_requests_get_503_and_gate_works(telecom_gate,
     rejected = post_chat(sidecar, chat_body(OFF_TOPIC))
     assert rejected.status_code == 200
     assert rejected.headers["x-gatekeeper-decision"] == "rejected"
-    decision = httpx.post(f"{sidecar.base_url}/v1/gate", json={"text": ON_TOPIC}, timeout=10).json()
+    decision = sidecar.client.post("/v1/gate", json={"text": ON_TOPIC}).json()
     assert decision["accepted"] is True
 
 
-def test_unknown_route_is_an_openai_style_404(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)  # (every /v1 path is relayed to the upstream: tests/test_server_hardening.py)
-    assert_openai_error(httpx.get(f"{sidecar.base_url}/nothing", timeout=10), 404)
+def test_unknown_route_is_an_openai_style_404(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)  # (every /v1 path is relayed to the upstream: tests/test_server_hardening.py)
+    assert_openai_error(sidecar.client.get("/nothing"), 404)

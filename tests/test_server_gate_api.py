@@ -7,17 +7,17 @@ import time
 import httpx
 import pytest
 
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, start_sidecar  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, asgi_sidecar, chat_body, memory_upstream  # noqa: F401
 
 
 @pytest.fixture
-def sidecar(telecom_gate, start_sidecar):
+def sidecar(telecom_gate, asgi_sidecar):
     """A sidecar without upstream: /v1/gate needs none."""
-    return start_sidecar(telecom_gate)
+    return asgi_sidecar(telecom_gate)
 
 
 def gate(sidecar, body: dict) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}/v1/gate", json=body, timeout=10)
+    return sidecar.client.post("/v1/gate", json=body)
 
 
 def test_gate_one_text_matches_the_library_decision(sidecar, telecom_gate):
@@ -46,14 +46,14 @@ def test_gate_messages_uses_the_conversation(sidecar):
     assert (alone["intent"], alone["action"], alone["followup"]) == ("continuation", "reply", False)
 
 
-def test_gate_does_not_need_an_upstream_and_never_calls_one(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+def test_gate_does_not_need_an_upstream_and_never_calls_one(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)
     assert gate(sidecar, {"text": ON_TOPIC}).json()["accepted"] is True
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_openapi_schema_documents_the_typed_models(sidecar):
-    schema = httpx.get(f"{sidecar.base_url}/openapi.json", timeout=10).json()
+    schema = sidecar.client.get("/openapi.json").json()
     models = schema["components"]["schemas"]
     assert {"GateRequest", "GateDecision", "GateBatchResponse", "ChatCompletionRequest", "ErrorResponse",
             "ReloadResponse", "ReadyResponse"} <= set(models)
@@ -63,32 +63,32 @@ def test_openapi_schema_documents_the_typed_models(sidecar):
 
 
 def test_health_and_readiness(sidecar, telecom_gate):
-    assert httpx.get(f"{sidecar.base_url}/healthz", timeout=10).json() == {"status": "ok"}
-    ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10)
+    assert sidecar.client.get("/healthz").json() == {"status": "ok"}
+    ready = sidecar.client.get("/readyz")
     assert ready.status_code == 200
     assert ready.json() == {"ready": True, "catalog": "telecom-zh", "intents": len(telecom_gate.catalog_.intents),
                             "fingerprint": telecom_gate.artifacts_.fingerprint, "tuning": "none",
                             "tuning_problem": None, "error": None}
 
 
-def test_not_ready_when_the_catalog_cannot_load(start_sidecar, tmp_path):
-    sidecar = start_sidecar(None, catalog=str(tmp_path / "missing.yaml"))
+def test_not_ready_when_the_catalog_cannot_load(asgi_sidecar, tmp_path):
+    sidecar = asgi_sidecar(None, catalog=str(tmp_path / "missing.yaml"))
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        ready = httpx.get(f"{sidecar.base_url}/readyz", timeout=10)
+        ready = sidecar.client.get("/readyz")
         if ready.json()["error"] != "loading":
             break
         time.sleep(0.05)
     assert ready.status_code == 503
     assert ready.json()["ready"] is False and "missing.yaml" in ready.json()["error"]
-    assert httpx.get(f"{sidecar.base_url}/healthz", timeout=10).status_code == 200
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC), timeout=10)
+    assert sidecar.client.get("/healthz").status_code == 200
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC))
     assert response.status_code == 503 and response.json()["error"]["code"] == "not_ready"
 
 
 def test_metrics_endpoint_is_prometheus_text(sidecar, telecom_gate):
     gate(sidecar, {"text": ON_TOPIC})
-    response = httpx.get(f"{sidecar.base_url}/metrics", timeout=10)
+    response = sidecar.client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
     for name in ("gatekeeper_decisions_total", "gatekeeper_rejected_calls_total", "gatekeeper_shadow_rejections_total",

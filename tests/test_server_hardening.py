@@ -1,7 +1,8 @@
 """Hardening (issue #13): inputs that cannot be encoded, shared upstream state, error shapes, secrets in the
 upstream URL, upstream headers, the passthrough of the rest of /v1, and server timing settings.
 
-Real HTTP over loopback with the fake upstream of :mod:`tests.server_fixtures`.
+The sidecar in process, with the in-memory fake upstream of :mod:`tests.fake_upstream`; a body cut short over real
+HTTP on loopback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from typing import Iterator
 
 import httpx
 import numpy as np
-import openai
 import pytest
 import uvicorn
 from fastapi.responses import StreamingResponse
@@ -29,17 +29,21 @@ from gatekeeper.server.batching import MicroBatcher
 from gatekeeper.server.config import ServerSettings, describe, mask_url
 from gatekeeper.server.serve_cmd import uvicorn_options
 from gatekeeper.server.upstream import Upstream
-from tests.server_fixtures import (  # noqa: F401
+from tests.fake_upstream import (
     EMBEDDING_DIM,
-    OFF_TOPIC,
-    ON_TOPIC,
     RATE_LIMIT_HEADERS,
     REDIRECT_TARGET,
     UPSTREAM_COOKIE,
     UPSTREAM_MODELS,
+)
+from tests.server_fixtures import (  # noqa: F401
+    OFF_TOPIC,
+    ON_TOPIC,
+    asgi_sidecar,
     chat_body,
     fake_upstream,
     free_port,
+    memory_upstream,
     start_sidecar,
 )
 
@@ -58,8 +62,7 @@ def raw_json(document: object, **raw_values: str) -> bytes:
 
 
 def post(sidecar, path: str, content: bytes, **headers: str) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}{path}", content=content,
-                      headers={"content-type": "application/json", **headers}, timeout=10)
+    return sidecar.client.post(path, content=content, headers={"content-type": "application/json", **headers})
 
 
 def openai_error(response: httpx.Response, status: int) -> dict:
@@ -94,9 +97,9 @@ def captured_logs() -> Iterator[io.StringIO]:
 
 
 @pytest.fixture
-def sidecar(telecom_gate, fake_upstream, start_sidecar):
+def sidecar(telecom_gate, memory_upstream, asgi_sidecar):
     """Enforce mode, forwarding to the fake upstream."""
-    return start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+    return asgi_sidecar(telecom_gate, upstream=memory_upstream)
 
 
 # 1. One bad text never fails anyone else's micro-batch.
@@ -107,15 +110,14 @@ def test_a_text_that_is_not_unicode_fails_alone_with_a_400_naming_it(sidecar, te
               raw_json({"texts": ["ok", "<t>"]}, t=f'"{LONE_SURROGATE}y"'),
               raw_json({"messages": [{"role": "user", "content": "<t>"}]}, t=f'"话费{LONE_SURROGATE}"')]
 
-    async def burst() -> tuple[list[httpx.Response], list[httpx.Response]]:
-        async with httpx.AsyncClient(base_url=sidecar.base_url, timeout=30) as client:
-            requests = [client.post("/v1/gate", json={"text": text}) for text in good]
-            requests += [client.post("/v1/gate", content=body, headers={"content-type": "application/json"})
-                         for body in poison * 2]
-            responses = await asyncio.gather(*requests)
+    async def burst(client: httpx.AsyncClient) -> tuple[list[httpx.Response], list[httpx.Response]]:
+        requests = [client.post("/v1/gate", json={"text": text}) for text in good]
+        requests += [client.post("/v1/gate", content=body, headers={"content-type": "application/json"})
+                     for body in poison * 2]
+        responses = await asyncio.gather(*requests)
         return responses[:len(good)], responses[len(good):]
 
-    good_responses, poison_responses = asyncio.run(burst())
+    good_responses, poison_responses = sidecar.run_async(burst)
     for text, response in zip(good, good_responses):
         assert response.status_code == 200, response.text
         expected = telecom_gate.decide(text)
@@ -182,15 +184,14 @@ def test_a_backend_failure_is_not_retried_request_by_request():
 
 # 2. No cookie jar shared between callers.
 
-def test_a_cookie_the_upstream_sets_for_one_caller_is_never_sent_for_another(sidecar, fake_upstream):
-    first = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-cookie"),
-                       timeout=10)
+def test_a_cookie_the_upstream_sets_for_one_caller_is_never_sent_for_another(sidecar, memory_upstream):
+    first = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-cookie"))
     assert first.status_code == 200
-    httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC), timeout=10)
-    httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC),
-               headers={"cookie": "mine=caller-three"}, timeout=10)
-    httpx.get(f"{sidecar.base_url}/v1/models", timeout=10)
-    assert [request.headers.get("cookie") for request in fake_upstream.requests] == [None, None, "mine=caller-three",
+    sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC))
+    sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC),
+                        headers={"cookie": "mine=caller-three"})
+    sidecar.client.get("/v1/models")
+    assert [request.headers.get("cookie") for request in memory_upstream.requests] == [None, None, "mine=caller-three",
                                                                                    None]
     assert UPSTREAM_COOKIE.split("=")[1] not in str(first.headers)  # set-cookie stays upstream
 
@@ -204,20 +205,20 @@ def test_a_cookie_the_upstream_sets_for_one_caller_is_never_sent_for_another(sid
               n=f'"f{LONE_SURROGATE}"'), "tools.0.function.name"),
     (raw_json(chat_body(ON_TOPIC, metadata={"<k>": "v"}), k=f'"k{LONE_SURROGATE}"'), "metadata"),
 ])
-def test_a_lone_surrogate_anywhere_in_a_chat_request_is_a_400(sidecar, fake_upstream, body, param):
+def test_a_lone_surrogate_anywhere_in_a_chat_request_is_a_400(sidecar, memory_upstream, body, param):
     error = openai_error(post(sidecar, "/v1/chat/completions", body), 400)
     assert (error["param"], error["code"]) == (param, "invalid_unicode")
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 @pytest.mark.parametrize("stream", [False, True])
 @pytest.mark.parametrize("number", ["NaN", "Infinity", "-Infinity"])
-def test_a_non_finite_number_is_a_400(sidecar, fake_upstream, stream, number):
+def test_a_non_finite_number_is_a_400(sidecar, memory_upstream, stream, number):
     body = raw_json(chat_body(ON_TOPIC, temperature="<x>", stream=stream), x=number)
     error = openai_error(post(sidecar, "/v1/chat/completions", body), 400)
     assert (error["param"], error["code"]) == ("temperature", "invalid_json")
     assert number in error["message"] and "finite number" in error["message"]
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_an_unexpected_exception_is_a_500_json_error_logged_on_the_server(sidecar):
@@ -226,7 +227,7 @@ def test_an_unexpected_exception_is_a_500_json_error_logged_on_the_server(sideca
 
     sidecar.app.add_api_route("/test/explode", explode)
     with captured_logs() as logs:
-        response = httpx.get(f"{sidecar.base_url}/test/explode", timeout=10)
+        response = sidecar.client.get("/test/explode")
     error = openai_error(response, 500)
     assert error["code"] == "internal_error"
     assert "internal detail" not in response.text and "Traceback" not in response.text
@@ -243,7 +244,7 @@ def test_a_stream_that_fails_midway_ends_with_an_error_event_and_done(sidecar):
 
     sidecar.app.add_api_route("/test/broken-stream", broken_stream)
     with captured_logs() as logs:
-        with httpx.stream("GET", f"{sidecar.base_url}/test/broken-stream", timeout=10) as response:
+        with sidecar.client.stream("GET", "/test/broken-stream") as response:
             assert response.status_code == 200
             lines = [line for line in response.iter_lines() if line]
     assert lines[0] == 'data: {"n": 1}'
@@ -268,29 +269,30 @@ def test_mask_url_masks_userinfo_and_query_values():
 
 
 @pytest.mark.parametrize("model", ["test-model", "mock-500", "mock-redirect", "mock-401"])
-def test_url_secrets_never_reach_a_response_or_a_log(telecom_gate, fake_upstream, start_sidecar, model):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=secret_url(fake_upstream.base_url[7:-3]),
-                            upstream_timeout_s=2)
-    down = start_sidecar(telecom_gate, upstream_base_url=secret_url(f"127.0.0.1:{free_port()}"))
+def test_url_secrets_never_reach_a_response_or_a_log(telecom_gate, memory_upstream, asgi_sidecar, model):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream,
+                           upstream_base_url=secret_url(memory_upstream.base_url[7:-3]), upstream_timeout_s=2)
+    down = asgi_sidecar(telecom_gate, upstream_base_url=secret_url(f"127.0.0.1:{free_port()}"))
     with captured_logs() as logs:
-        responses = [httpx.post(f"{target.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model=model),
-                                timeout=10) for target in (sidecar, down)]
-        responses.append(httpx.get(f"{down.base_url}/v1/models", timeout=10))
-        responses.append(httpx.get(f"{sidecar.base_url}/v1/nothing", timeout=10))  # its 404 quotes the URL
+        responses = [target.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model=model))
+                     for target in (sidecar, down)]
+        responses.append(down.client.get("/v1/models"))
+        responses.append(sidecar.client.get("/v1/nothing"))  # its 404 quotes the URL
     for text in [logs.getvalue(), *(response.text + str(response.headers) for response in responses)]:
         assert URL_PASSWORD not in text and URL_KEY not in text
     assert [response.status_code for response in responses[1:]] == [502, 502, 404]
     assert "api-key=***" in responses[1].json()["error"]["message"]
-    assert fake_upstream.requests[0].path.endswith(f"?api-key={URL_KEY}&api-version=2024-06-01")  # still sent
+    assert memory_upstream.requests[0].path.endswith(f"?api-key={URL_KEY}&api-version=2024-06-01")  # still sent
 
 
-def test_the_callers_authorization_wins_over_credentials_in_the_url(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=secret_url(fake_upstream.base_url[7:-3]))
+def test_the_callers_authorization_wins_over_credentials_in_the_url(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream,
+                           upstream_base_url=secret_url(memory_upstream.base_url[7:-3]))
     for headers in ({"authorization": "Bearer caller-key"}, {}):
-        httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC), headers=headers, timeout=10)
-        httpx.get(f"{sidecar.base_url}/v1/models", headers=headers, timeout=10)
+        sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC), headers=headers)
+        sidecar.client.get("/v1/models", headers=headers)
     basic = "Basic " + base64.b64encode(f"alice:{URL_PASSWORD}".encode()).decode()
-    assert [request.headers.get("authorization") for request in fake_upstream.requests] == [
+    assert [request.headers.get("authorization") for request in memory_upstream.requests] == [
         "Bearer caller-key", "Bearer caller-key", basic, basic]
 
 
@@ -298,8 +300,7 @@ def test_the_callers_authorization_wins_over_credentials_in_the_url(telecom_gate
 
 @pytest.mark.parametrize(("model", "status"), [("mock-429", 429), ("mock-503", 502)])
 def test_rate_limit_headers_come_back_with_errors(sidecar, model, status):
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model=model),
-                          timeout=10)
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model=model))
     openai_error(response, status)
     for name, value in RATE_LIMIT_HEADERS.items():
         assert response.headers[name] == value
@@ -307,8 +308,7 @@ def test_rate_limit_headers_come_back_with_errors(sidecar, model, status):
 
 
 def test_upstream_headers_are_relayed_but_never_the_gates_own(sidecar):
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-headers"),
-                          timeout=10)
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-headers"))
     assert response.status_code == 200
     assert response.headers["x-ratelimit-remaining-requests"] == "41"
     assert response.headers["openai-processing-ms"] == "12"
@@ -317,65 +317,65 @@ def test_upstream_headers_are_relayed_but_never_the_gates_own(sidecar):
     assert "forged" not in str(response.headers)
 
 
-def test_an_upstream_redirect_is_not_followed(sidecar, fake_upstream):
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-redirect"),
-                          timeout=10)
+def test_an_upstream_redirect_is_not_followed(sidecar, memory_upstream):
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model="mock-redirect"))
     error = openai_error(response, 502)
     assert error["code"] == "upstream_redirect" and error["upstream_status"] == 307
     assert REDIRECT_TARGET in error["message"] and "upstream_base_url" in error["message"]
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
 
 
 # 6. The rest of the OpenAI API is relayed.
 
-def test_the_openai_client_lists_models_and_embeds_through_the_sidecar(sidecar, fake_upstream):
-    client = openai.OpenAI(base_url=f"{sidecar.base_url}/v1", api_key="caller-key", max_retries=0, timeout=10)
+def test_the_openai_client_lists_models_and_embeds_through_the_sidecar(sidecar, memory_upstream):
+    client = sidecar.openai_client("caller-key")
     assert [model.id for model in client.models.list()] == list(UPSTREAM_MODELS)
     embeddings = client.embeddings.create(model="fake-embed", input=["ab", "abcd"], encoding_format="float")
     assert [item.embedding for item in embeddings.data] == [[2.0] * EMBEDDING_DIM, [4.0] * EMBEDDING_DIM]
-    assert [(request.path, request.headers["authorization"]) for request in fake_upstream.requests] == [
+    assert [(request.path, request.headers["authorization"]) for request in memory_upstream.requests] == [
         ("/v1/models", "Bearer caller-key"), ("/v1/embeddings", "Bearer caller-key")]
-    assert fake_upstream.requests[1].body["input"] == ["ab", "abcd"]
+    assert memory_upstream.requests[1].body["input"] == ["ab", "abcd"]
 
 
-def test_passthrough_keeps_method_query_and_upstream_errors(sidecar, fake_upstream):
-    deleted = httpx.delete(f"{sidecar.base_url}/v1/files/file-1", timeout=10)
+def test_passthrough_keeps_method_query_and_upstream_errors(sidecar, memory_upstream):
+    deleted = sidecar.client.delete("/v1/files/file-1")
     assert deleted.json() == {"id": "file-1", "object": "file", "deleted": True}
-    httpx.get(f"{sidecar.base_url}/v1/models", params={"limit": "2", "tag": "a b"}, timeout=10)
-    assert fake_upstream.requests[1].path == "/v1/models?limit=2&tag=a+b"
-    assert openai_error(httpx.get(f"{sidecar.base_url}/v1/nothing", timeout=10), 404)["code"] == "not_found"
-    dotted = httpx.get(f"{sidecar.base_url}/v1/%2e%2e/metrics", timeout=10)
+    sidecar.client.get("/v1/models", params={"limit": "2", "tag": "a b"})
+    assert memory_upstream.requests[1].path == "/v1/models?limit=2&tag=a+b"
+    assert openai_error(sidecar.client.get("/v1/nothing"), 404)["code"] == "not_found"
+    dotted = sidecar.client.get("/v1/%2e%2e/metrics")
     assert openai_error(dotted, 400)["code"] == "invalid_path"
-    assert len(fake_upstream.requests) == 3
+    assert len(memory_upstream.requests) == 3
 
 
-def test_a_relayed_body_cut_short_upstream_is_cut_short_for_the_caller_too(sidecar):
+def test_a_relayed_body_cut_short_upstream_is_cut_short_for_the_caller_too(telecom_gate, fake_upstream, start_sidecar):
+    """Over real sockets: the server ends the connection mid-body, which an in-process client cannot show."""
+    served = start_sidecar(telecom_gate, upstream=fake_upstream)
     with captured_logs() as logs:
         with pytest.raises(httpx.RemoteProtocolError):  # an incomplete body, never a silently truncated one
-            httpx.get(f"{sidecar.base_url}/v1/files/file-broken/content", timeout=10)
-    assert sidecar.metric("gatekeeper_upstream_errors_total", status="502") == 1
+            httpx.get(f"{served.base_url}/v1/files/file-broken/content", timeout=10)
+    assert served.metric("gatekeeper_upstream_errors_total", status="502") == 1
     assert "upstream_stream_failed" in logs.getvalue()
 
 
-def test_gated_routes_keep_their_handlers(sidecar, fake_upstream):
-    chat = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(OFF_TOPIC), timeout=10)
+def test_gated_routes_keep_their_handlers(sidecar, memory_upstream):
+    chat = sidecar.client.post("/v1/chat/completions", json=chat_body(OFF_TOPIC))
     assert chat.headers["x-gatekeeper-decision"] == "rejected"
-    assert httpx.post(f"{sidecar.base_url}/v1/gate", json={"text": ON_TOPIC}, timeout=10).json()["accepted"]
-    assert fake_upstream.requests == []
+    assert sidecar.client.post("/v1/gate", json={"text": ON_TOPIC}).json()["accepted"]
+    assert memory_upstream.requests == []
 
 
-def test_passthrough_without_an_upstream_is_a_503(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
-    error = openai_error(httpx.get(f"{sidecar.base_url}/v1/models", timeout=10), 503)
+def test_passthrough_without_an_upstream_is_a_503(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)
+    error = openai_error(sidecar.client.get("/v1/models"), 503)
     assert error["code"] == "no_upstream" and "GATEKEEPER_UPSTREAM_BASE_URL" in error["message"]
 
 
 # 7. Small ones.
 
-def test_the_admin_bearer_scheme_is_case_insensitive(telecom_gate, start_sidecar, tmp_path: Path):
-    sidecar = start_sidecar(telecom_gate, admin_token="tok-1", catalog=str(tmp_path / "missing.yaml"))
-    statuses = {header: httpx.post(f"{sidecar.base_url}/admin/reload", headers={"authorization": header},
-                                   timeout=30).status_code
+def test_the_admin_bearer_scheme_is_case_insensitive(telecom_gate, asgi_sidecar, tmp_path: Path):
+    sidecar = asgi_sidecar(telecom_gate, admin_token="tok-1", catalog=str(tmp_path / "missing.yaml"))
+    statuses = {header: sidecar.client.post("/admin/reload", headers={"authorization": header}).status_code
                 for header in ("bearer tok-1", "BEARER tok-1", "Bearer tok-2", "tok-1", "Basic tok-1")}
     # Past the token check, the reload itself fails (no catalog at that path): 422, not 401.
     assert statuses == {"bearer tok-1": 422, "BEARER tok-1": 422, "Bearer tok-2": 401, "tok-1": 401,
@@ -383,11 +383,10 @@ def test_the_admin_bearer_scheme_is_case_insensitive(telecom_gate, start_sidecar
 
 
 @pytest.mark.parametrize("stream", [0, 1, "true"])
-def test_stream_must_be_a_json_boolean(sidecar, fake_upstream, stream):
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, stream=stream),
-                          timeout=10)
+def test_stream_must_be_a_json_boolean(sidecar, memory_upstream, stream):
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, stream=stream))
     assert openai_error(response, 422)["param"] == "stream"
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_keep_alive_outlasts_the_upstream_pool_and_shutdown_fits_the_grace_period():

@@ -4,7 +4,7 @@ completion has two choices.
 The rule (gatekeeper/core/conversation.py, docs/sidecar.md): all text a model will read after the last assistant turn
 is gated, whatever its role; a final assistant message (a prefill) too; an overlong text at both ends; each text
 part alone. Not gated: the opening system/developer prompt, tool results, turns before the last assistant turn.
-Real model, real HTTP on loopback, the fake upstream of :mod:`tests.server_fixtures`.
+Real model, the sidecar in process, the in-memory fake upstream of :mod:`tests.fake_upstream`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from gatekeeper.core.conversation import FollowupPolicy, GatedTexts, decide_turn, gated_texts
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, fake_upstream, start_sidecar  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, asgi_sidecar, memory_upstream  # noqa: F401
 
 #: An off-topic instruction the telecom gate rejects on its own.
 POEM = "帮我写一首关于春天的诗"
@@ -42,19 +42,18 @@ def padded_attack(gate) -> str:
 
 
 @pytest.fixture
-def sidecar(telecom_gate, fake_upstream, start_sidecar):  # noqa: F811
+def sidecar(telecom_gate, memory_upstream, asgi_sidecar):  # noqa: F811
     """Enforce mode, forwarding to the fake upstream."""
-    return start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)
+    return asgi_sidecar(telecom_gate, upstream=memory_upstream)
 
 
 @pytest.fixture
 def client(sidecar) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{sidecar.base_url}/v1", api_key="sk-test", max_retries=0, timeout=20)
+    return sidecar.openai_client("sk-test")
 
 
 def chat(sidecar, messages: list[dict], **extra: object) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}/v1/chat/completions",
-                      json={"model": "test-model", "messages": messages, **extra}, timeout=20)
+    return sidecar.client.post("/v1/chat/completions", json={"model": "test-model", "messages": messages, **extra})
 
 
 # --- the extraction rule, one row per message shape (the table of docs/sidecar.md) --------------------------------
@@ -98,7 +97,7 @@ def test_every_piece_goes_in_one_encoder_call(telecom_gate):
 
 @pytest.mark.parametrize("shape", ["system after", "developer after", "User (wrong case)", "assistant prefill",
                                    "padded past max_chars", "off-topic text part"])
-def test_off_topic_text_in_any_shape_is_rejected(sidecar, fake_upstream, telecom_gate, shape):
+def test_off_topic_text_in_any_shape_is_rejected(sidecar, memory_upstream, telecom_gate, shape):
     messages = {
         "system after": [msg("user", ON_TOPIC), msg("system", POEM)],
         "developer after": [msg("system", "你是星河通信的客服。"), msg("user", ON_TOPIC), msg("developer", POEM)],
@@ -112,12 +111,12 @@ def test_off_topic_text_in_any_shape_is_rejected(sidecar, fake_upstream, telecom
     assert response.headers["x-gatekeeper-decision"] == "rejected"
     assert response.headers["x-gatekeeper-action"] == "reject"
     assert response.json()["choices"][0]["message"]["content"] == telecom_gate.catalog_.defaults.reject_reply["zh"]
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 @pytest.mark.parametrize("shape", ["opening system prompt", "tool result", "off-topic turn before the last answer",
                                    "input_text part", "on-topic text parts", "long on-topic message"])
-def test_in_scope_shapes_are_forwarded(sidecar, fake_upstream, telecom_gate, shape):
+def test_in_scope_shapes_are_forwarded(sidecar, memory_upstream, telecom_gate, shape):
     long_on_topic = ON_TOPIC * (telecom_gate.catalog_.defaults.max_chars // len(ON_TOPIC) + 20)
     messages = {
         "opening system prompt": [msg("system", BOT_PROMPT), msg("user", ON_TOPIC)],
@@ -135,19 +134,19 @@ def test_in_scope_shapes_are_forwarded(sidecar, fake_upstream, telecom_gate, sha
     assert response.status_code == 200, response.text
     assert response.headers["x-gatekeeper-decision"] == "accepted"
     assert response.headers["x-gatekeeper-action"] == "forward"
-    assert [request.path for request in fake_upstream.requests] == ["/v1/chat/completions"]
+    assert [request.path for request in memory_upstream.requests] == ["/v1/chat/completions"]
 
 
 def test_gate_endpoint_decides_messages_by_the_same_rule(sidecar):
-    response = httpx.post(f"{sidecar.base_url}/v1/gate", json={"messages": [msg("user", ON_TOPIC),
-                                                                            msg("system", POEM)]}, timeout=20)
+    response = sidecar.client.post("/v1/gate", json={"messages": [msg("user", ON_TOPIC),
+                                                                                     msg("system", POEM)]})
     assert response.status_code == 200
     assert response.json()["accepted"] is False and response.json()["text"] == POEM
 
 
 # --- n choices ---------------------------------------------------------------------------------------------------
 
-def test_rejected_completion_has_n_choices(client, fake_upstream, telecom_gate):
+def test_rejected_completion_has_n_choices(client, memory_upstream, telecom_gate):
     reply = telecom_gate.catalog_.defaults.reject_reply["zh"]
     completion = client.chat.completions.create(model="test-model", n=2, messages=[msg("user", OFF_TOPIC)])
     assert [(choice.index, choice.message.content, choice.finish_reason) for choice in completion.choices] == [
@@ -161,7 +160,7 @@ def test_rejected_completion_has_n_choices(client, fake_upstream, telecom_gate):
             if choice.finish_reason == "stop":
                 finished.add(choice.index)
     assert texts == {0: reply, 1: reply} and finished == {0, 1}
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_invalid_n_is_an_openai_error(sidecar):
@@ -172,7 +171,7 @@ def test_invalid_n_is_an_openai_error(sidecar):
 
 # --- /v1/responses -------------------------------------------------------------------------------------------------
 
-def test_off_topic_response_is_a_canned_response_object(client, sidecar, fake_upstream, telecom_gate):
+def test_off_topic_response_is_a_canned_response_object(client, sidecar, memory_upstream, telecom_gate):
     raw = client.responses.with_raw_response.create(model="test-model", input=OFF_TOPIC)
     assert raw.headers["x-gatekeeper-decision"] == "rejected" and raw.headers["x-gatekeeper-action"] == "reject"
     response = raw.parse()
@@ -183,13 +182,13 @@ def test_off_topic_response_is_a_canned_response_object(client, sidecar, fake_up
     assert (message.type, message.role, [part.type for part in message.content]) == (
         "message", "assistant", ["output_text"])
     assert (response.usage.input_tokens, response.usage.output_tokens, response.usage.total_tokens) == (0, 0, 0)
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
     assert sidecar.settled_metric("gatekeeper_requests_total", 1, endpoint="/v1/responses", status="200") == 1
     assert sidecar.metric("gatekeeper_rejected_calls_total", reason="nearest_out_of_scope") + sidecar.metric(
         "gatekeeper_rejected_calls_total", reason="below_threshold") == 1
 
 
-def test_off_topic_response_stream_sends_the_responses_events(client, sidecar, fake_upstream, telecom_gate):
+def test_off_topic_response_stream_sends_the_responses_events(client, sidecar, memory_upstream, telecom_gate):
     reply = telecom_gate.catalog_.defaults.reject_reply["zh"]
     events = list(client.responses.create(model="test-model", input=OFF_TOPIC, stream=True))
     kinds = [event.type for event in events]
@@ -198,8 +197,8 @@ def test_off_topic_response_stream_sends_the_responses_events(client, sidecar, f
     assert [event.sequence_number for event in events] == list(range(len(events)))
     assert "".join(event.delta for event in events if event.type == "response.output_text.delta") == reply
     assert events[-1].response.output_text == reply and events[-1].response.status == "completed"
-    with httpx.stream("POST", f"{sidecar.base_url}/v1/responses", timeout=20,
-                      json={"model": "test-model", "input": OFF_TOPIC, "stream": True}) as raw:
+    with sidecar.client.stream("POST", "/v1/responses",
+                               json={"model": "test-model", "input": OFF_TOPIC, "stream": True}) as raw:
         assert raw.headers["content-type"].startswith("text/event-stream")
         assert raw.headers["x-gatekeeper-decision"] == "rejected"
         blocks = [block for block in raw.read().decode().split("\n\n") if block]
@@ -207,27 +206,27 @@ def test_off_topic_response_stream_sends_the_responses_events(client, sidecar, f
         event_line, data_line = block.split("\n")
         assert event_line.startswith("event: ") and data_line.startswith("data: ")
         assert json.loads(data_line[len("data: "):])["type"] == event_line[len("event: "):]
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
-def test_in_scope_response_is_forwarded_unchanged(client, fake_upstream):
+def test_in_scope_response_is_forwarded_unchanged(client, memory_upstream):
     raw = client.responses.with_raw_response.create(model="test-model", input=ON_TOPIC, temperature=0.2,
                                                     instructions=BOT_PROMPT)
     assert raw.headers["x-gatekeeper-decision"] == "accepted" and raw.headers["x-gatekeeper-intent"] == "bill_inquiry"
     assert raw.parse().output_text == f"echo: {ON_TOPIC}"
-    [received] = fake_upstream.requests
+    [received] = memory_upstream.requests
     assert received.path == "/v1/responses"
     assert received.body == {"model": "test-model", "input": ON_TOPIC, "temperature": 0.2,
                              "instructions": BOT_PROMPT}
 
 
-def test_in_scope_response_stream_is_relayed(client, fake_upstream):
+def test_in_scope_response_stream_is_relayed(client, memory_upstream):
     items = [{"type": "message", "role": "user", "content": parts(ON_TOPIC, kind="input_text")}]
     events = list(client.responses.create(model="test-model", input=items, stream=True))
     assert [event.type for event in events] == ["response.created", "response.output_text.delta",
                                                 "response.completed"]
     assert events[-1].response.output_text == f"echo: {ON_TOPIC}"
-    [received] = fake_upstream.requests
+    [received] = memory_upstream.requests
     assert received.body["input"] == items and received.body["stream"] is True
 
 
@@ -240,20 +239,20 @@ def test_in_scope_response_stream_is_relayed(client, fake_upstream):
                   {"type": "function_call_output", "call_id": "c1", "output": "{}"},
                   {"role": "user", "content": OFF_TOPIC}], id="off-topic after a tool call"),
 ])
-def test_off_topic_response_input_shapes_are_rejected(client, fake_upstream, items):
+def test_off_topic_response_input_shapes_are_rejected(client, memory_upstream, items):
     raw = client.responses.with_raw_response.create(model="test-model", input=items)
     assert raw.headers["x-gatekeeper-decision"] == "rejected"
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
-def test_response_reply_intent_is_answered_by_the_sidecar(client, fake_upstream, telecom_gate):
+def test_response_reply_intent_is_answered_by_the_sidecar(client, memory_upstream, telecom_gate):
     raw = client.responses.with_raw_response.create(model="test-model", input="你好")
     assert raw.headers["x-gatekeeper-action"] == "reply"
     assert raw.parse().output_text == telecom_gate.catalog_.intent("greeting").answer("zh")
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 def test_response_without_input_is_an_openai_error(sidecar):
-    response = httpx.post(f"{sidecar.base_url}/v1/responses", json={"model": "test-model"}, timeout=20)
+    response = sidecar.client.post("/v1/responses", json={"model": "test-model"})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "input"

@@ -2,7 +2,9 @@
 backend, deadlines and load shedding, the small fixes (SIGHUP, disconnects, reloads, redirects, OpenAPI), normal
 clients beside abusive ones, and the soak benchmark in its short mode.
 
-Real HTTP and raw sockets, on 127.0.0.1 only; every loop is bounded in count and time.
+The sidecar in process where the app's behaviour is the point; real HTTP and raw sockets on 127.0.0.1 where the
+server's is (slow and stalled connections, disconnects, signals, abusive clients). Every loop is bounded in count and
+time.
 """
 
 from __future__ import annotations
@@ -40,9 +42,11 @@ from tests.server_fixtures import (  # noqa: F401
     OFF_TOPIC,
     ON_TOPIC,
     SHOP,
+    asgi_sidecar,
     chat_body,
     fake_upstream,
     free_port,
+    memory_upstream,
     start_sidecar,
     write_catalog,
 )
@@ -60,7 +64,7 @@ def run(coroutine):
 
 
 def gate_json(sidecar, body: dict) -> httpx.Response:
-    return httpx.post(f"{sidecar.base_url}/v1/gate", json=body, timeout=10)
+    return sidecar.client.post("/v1/gate", json=body)
 
 
 def expect_decision(response: httpx.Response, gate: Gate, text: str) -> None:
@@ -186,22 +190,20 @@ def test_a_full_queue_sheds_at_once_and_a_caller_that_leaves_frees_its_place():
     assert not any(text.startswith("2 ") for call in embedder.calls for text in call)  # abandoned: never encoded
 
 
-def test_one_huge_gate_batch_does_not_hold_up_other_clients(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
+def test_one_huge_gate_batch_does_not_hold_up_other_clients(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)
     huge = {"texts": [f"{i} {LONG_TEXT}" for i in range(256)]}  # ~25 s of encoding in one piece
 
-    async def scenario():
-        async with httpx.AsyncClient(base_url=sidecar.base_url, timeout=15) as client:
-            big = asyncio.ensure_future(client.post("/v1/gate", json=huge))
-            await asyncio.sleep(0.3)
-            small = []
-            for text in NORMAL[:5]:
-                started = time.perf_counter()
-                small.append((text, await client.post("/v1/gate", json={"text": text}),
-                              time.perf_counter() - started))
-            return await big, small
+    async def scenario(client: httpx.AsyncClient):
+        big = asyncio.ensure_future(client.post("/v1/gate", json=huge))
+        await asyncio.sleep(0.3)
+        small = []
+        for text in NORMAL[:5]:
+            started = time.perf_counter()
+            small.append((text, await client.post("/v1/gate", json={"text": text}), time.perf_counter() - started))
+        return await big, small
 
-    big, small = run(scenario())
+    big, small = sidecar.run_async(scenario)
     for text, response, seconds in small:
         expect_decision(response, telecom_gate, text)
         assert seconds < 1.0
@@ -320,13 +322,13 @@ def remote(tmp_path: Path) -> Iterator[tuple[EmbeddingServer, Path, Gate]]:
 
 
 @pytest.mark.parametrize(("fault", "words"), [("wrong_dim", "31-dimensional"), ("nan", "NaN")])
-def test_bad_vectors_are_embedding_failures_and_never_cached(remote, fake_upstream, start_sidecar, fault, words):
+def test_bad_vectors_are_embedding_failures_and_never_cached(remote, memory_upstream, asgi_sidecar, fault, words):
     server, path, gate = remote
-    sidecar = start_sidecar(gate, upstream_base_url=fake_upstream.base_url)
+    sidecar = asgi_sidecar(gate, upstream=memory_upstream)
     assert gate_json(sidecar, {"text": "where is my order"}).status_code == 200
     server.fault = fault
     assert words in openai_error(gate_json(sidecar, {"text": "refund my purchase"}), 503, "embedding_failed")["message"]
-    chat = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body("refund my purchase"), timeout=10)
+    chat = sidecar.client.post("/v1/chat/completions", json=chat_body("refund my purchase"))
     assert chat.status_code == 200 and chat.headers["x-gatekeeper-decision"] == "fail-open"
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 2
     server.fault = None  # the backend recovers: nothing bad was cached
@@ -355,23 +357,21 @@ def test_a_backend_whose_vectors_do_not_fit_the_index_leaves_the_sidecar_not_rea
 
 # 4. Deadlines and load shedding.
 
-def test_a_stalled_embedding_backend_meets_the_gate_deadline(remote, fake_upstream, start_sidecar):
+def test_a_stalled_embedding_backend_meets_the_gate_deadline(remote, memory_upstream, asgi_sidecar):
     server, _, gate = remote
     server.delay_s = 3.0
-    open_sidecar = start_sidecar(gate, upstream_base_url=fake_upstream.base_url, gate_timeout_s=0.5)
-    closed_sidecar = start_sidecar(gate, upstream_base_url=fake_upstream.base_url, gate_timeout_s=0.5,
-                                   embedding_failure="fail_closed")
+    open_sidecar = asgi_sidecar(gate, upstream=memory_upstream, gate_timeout_s=0.5)
+    closed_sidecar = asgi_sidecar(gate, upstream=memory_upstream, gate_timeout_s=0.5, embedding_failure="fail_closed")
     started = time.perf_counter()
     error = openai_error(gate_json(open_sidecar, {"text": "where is my order"}), 503, "gate_timeout")
     assert "0.5s" in error["message"] and time.perf_counter() - started < 1.5
-    chat = httpx.post(f"{open_sidecar.base_url}/v1/chat/completions", json=chat_body("where is my order"), timeout=10)
+    chat = open_sidecar.client.post("/v1/chat/completions", json=chat_body("where is my order"))
     assert chat.headers["x-gatekeeper-decision"] == "fail-open" and chat.json()["choices"][0]["message"]["content"]
-    closed = httpx.post(f"{closed_sidecar.base_url}/v1/chat/completions", json=chat_body("where is my order"),
-                        timeout=10)
+    closed = closed_sidecar.client.post("/v1/chat/completions", json=chat_body("where is my order"))
     assert closed.headers["x-gatekeeper-decision"] == "fail-closed"
     assert closed.json()["choices"][0]["message"]["content"] == SHOP["defaults"]["reject_reply"]["en"]
     assert time.perf_counter() - started < 4.0
-    assert len(fake_upstream.requests) == 1
+    assert len(memory_upstream.requests) == 1
     assert open_sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 2
 
 
@@ -387,17 +387,16 @@ class SlowEmbedder:
         return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
-def test_a_full_encoder_queue_sheds_requests_with_503_and_retry_after(telecom_gate, fake_upstream, start_sidecar):
-    sidecar = start_sidecar(telecom_gate.with_embedder(SlowEmbedder()), max_queued_texts=3,
-                            gate_timeout_s=5, upstream_base_url=fake_upstream.base_url)
+def test_a_full_encoder_queue_sheds_requests_with_503_and_retry_after(telecom_gate, memory_upstream, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate.with_embedder(SlowEmbedder()), upstream=memory_upstream, max_queued_texts=3,
+                           gate_timeout_s=5)
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(base_url=sidecar.base_url, timeout=10) as client:
-            requests = [client.post("/v1/gate", json={"text": f"message {i}"}) for i in range(8)]
-            requests.append(client.post("/v1/chat/completions", json=chat_body("message 9")))
-            return await asyncio.gather(*requests)
+    async def burst(client: httpx.AsyncClient) -> list[httpx.Response]:
+        requests = [client.post("/v1/gate", json={"text": f"message {i}"}) for i in range(8)]
+        requests.append(client.post("/v1/chat/completions", json=chat_body("message 9")))
+        return await asyncio.gather(*requests)
 
-    responses = run(burst())
+    responses = sidecar.run_async(burst)
     statuses = sorted(response.status_code for response in responses)
     assert statuses.count(200) >= 3 and statuses.count(503) >= 4 and set(statuses) == {200, 503}
     for response in responses:
@@ -407,14 +406,13 @@ def test_a_full_encoder_queue_sheds_requests_with_503_and_retry_after(telecom_ga
     assert sidecar.metric("gatekeeper_embedding_failures_total", policy="fail_open") == 0  # shed, not failed
 
 
-def test_a_conversation_too_big_to_queue_is_refused_never_forwarded_unchecked(telecom_gate, fake_upstream,
-                                                                             start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=fake_upstream.base_url)  # fail_open
+def test_a_conversation_too_big_to_queue_is_refused_never_forwarded_unchecked(telecom_gate, memory_upstream,
+                                                                             asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream=memory_upstream)  # fail_open
     messages = [{"role": "user", "content": f"第{i}句"} for i in range(300)]  # every turn is gated: 300 texts
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json={"model": "m", "messages": messages},
-                          timeout=10)
+    response = sidecar.client.post("/v1/chat/completions", json={"model": "m", "messages": messages})
     assert "one request may queue at most 256" in openai_error(response, 503, "overloaded")["message"]
-    assert fake_upstream.requests == []
+    assert memory_upstream.requests == []
 
 
 class TricklingUpstream:
@@ -468,23 +466,22 @@ def trickling() -> Iterator[TricklingUpstream]:
 
 
 @pytest.mark.parametrize("model", ["trickle-headers", "trickle-body"])
-def test_an_upstream_trickle_ends_at_the_deadline_with_504(telecom_gate, trickling, start_sidecar, model):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=trickling.base_url, upstream_timeout_s=1,
+def test_an_upstream_trickle_ends_at_the_deadline_with_504(telecom_gate, trickling, asgi_sidecar, model):
+    sidecar = asgi_sidecar(telecom_gate, upstream_base_url=trickling.base_url, upstream_timeout_s=1,
                             upstream_deadline_s=1.5)
     started = time.perf_counter()
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(ON_TOPIC, model=model),
-                          timeout=8)
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(ON_TOPIC, model=model))
     assert "upstream_deadline_s" in openai_error(response, 504, "upstream_timeout")["message"]
     assert time.perf_counter() - started < 3
     assert sidecar.metric("gatekeeper_upstream_errors_total", status="504") == 1
 
 
-def test_a_trickling_stream_ends_at_the_deadline_with_an_error_event_and_done(telecom_gate, trickling, start_sidecar):
-    sidecar = start_sidecar(telecom_gate, upstream_base_url=trickling.base_url, upstream_timeout_s=1,
+def test_a_trickling_stream_ends_at_the_deadline_with_an_error_event_and_done(telecom_gate, trickling, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate, upstream_base_url=trickling.base_url, upstream_timeout_s=1,
                             upstream_deadline_s=1.5)
     started = time.perf_counter()
-    with httpx.stream("POST", f"{sidecar.base_url}/v1/chat/completions",
-                      json=chat_body(ON_TOPIC, model="trickle-stream", stream=True), timeout=8) as response:
+    with sidecar.client.stream("POST", "/v1/chat/completions",
+                               json=chat_body(ON_TOPIC, model="trickle-stream", stream=True)) as response:
         events = [line for line in response.iter_lines() if line]
     assert time.perf_counter() - started < 3
     assert json.loads(events[0].removeprefix("data: "))["choices"][0]["delta"]["content"] == "Hi"
@@ -567,28 +564,27 @@ def test_a_client_gone_before_the_upstream_answers_cancels_the_upstream_call(tel
     assert sidecar.metric("gatekeeper_requests_total", endpoint="/v1/chat/completions", status="499") == 1
 
 
-def test_a_reload_drops_the_decision_series_of_removed_intents(tmp_path: Path, use_embedder, start_sidecar):
+def test_a_reload_drops_the_decision_series_of_removed_intents(tmp_path: Path, use_embedder, asgi_sidecar):
     path = tmp_path / "shop.yaml"
     write_catalog(path, {**SHOP, "intents": [*SHOP["intents"], NEW_INTENT]})
-    sidecar = start_sidecar(Gate(embedder=use_embedder).fit(path), admin_token="tok")
+    sidecar = asgi_sidecar(Gate(embedder=use_embedder).fit(path), admin_token="tok")
     assert gate_json(sidecar, {"text": "change my delivery address"}).json()["intent"] == "delivery_address"
     labels = {"decision": "accepted", "intent": "delivery_address", "mode": "enforce"}
     assert sidecar.metric("gatekeeper_decisions_total", **labels) == 1
     write_catalog(path, SHOP)
-    assert httpx.post(f"{sidecar.base_url}/admin/reload", headers={"authorization": "Bearer tok"},
-                      timeout=60).status_code == 200
+    assert sidecar.client.post("/admin/reload", headers={"authorization": "Bearer tok"}).status_code == 200
     assert sidecar.registry.get_sample_value("gatekeeper_decisions_total", labels) is None
-    assert 'intent="delivery_address"' not in httpx.get(f"{sidecar.base_url}/metrics", timeout=10).text
+    assert 'intent="delivery_address"' not in sidecar.client.get("/metrics").text
 
 
-def test_a_trailing_slash_is_not_redirected_to_the_callers_host(telecom_gate, start_sidecar):
-    sidecar = start_sidecar(telecom_gate)
-    response = httpx.get(f"{sidecar.base_url}/healthz/", headers={"host": "evil.example"}, timeout=10)
+def test_a_trailing_slash_is_not_redirected_to_the_callers_host(telecom_gate, asgi_sidecar):
+    sidecar = asgi_sidecar(telecom_gate)
+    response = sidecar.client.get("/healthz/", headers={"host": "evil.example"})
     assert response.status_code == 404 and "location" not in response.headers
 
 
-def test_the_openapi_schema_documents_streams_and_the_gate_request_shape(telecom_gate, start_sidecar):
-    spec = httpx.get(f"{start_sidecar(telecom_gate).base_url}/openapi.json", timeout=10).json()
+def test_the_openapi_schema_documents_streams_and_the_gate_request_shape(telecom_gate, asgi_sidecar):
+    spec = asgi_sidecar(telecom_gate).client.get("/openapi.json").json()
     content = spec["paths"]["/v1/chat/completions"]["post"]["responses"]["200"]["content"]
     assert set(content) == {"application/json", "text/event-stream"}
     assert "[DONE]" in content["text/event-stream"]["schema"]["description"]

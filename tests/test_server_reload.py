@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gatekeeper.gate import Gate
-from tests.server_fixtures import NEW_INTENT, SHOP, chat_body, start_sidecar, write_catalog  # noqa: F401
+from tests.server_fixtures import NEW_INTENT, SHOP, asgi_sidecar, chat_body, write_catalog  # noqa: F401
 
 TOKEN = "test-admin-token"
 
@@ -23,43 +23,41 @@ def shop(tmp_path: Path, use_embedder) -> tuple[Path, Gate]:
 
 def reload(sidecar, token: str | None = TOKEN) -> httpx.Response:
     headers = {"authorization": f"Bearer {token}"} if token else {}
-    return httpx.post(f"{sidecar.base_url}/admin/reload", headers=headers, timeout=60)
+    return sidecar.client.post("/admin/reload", headers=headers)
 
 
 def canned_reply(sidecar, text: str = "tell me a joke") -> str:
-    response = httpx.post(f"{sidecar.base_url}/v1/chat/completions", json=chat_body(text), timeout=10)
+    response = sidecar.client.post("/v1/chat/completions", json=chat_body(text))
     return response.json()["choices"][0]["message"]["content"]
 
 
-def test_reload_is_disabled_without_a_token(shop, start_sidecar):
-    sidecar = start_sidecar(shop[1])
+def test_reload_is_disabled_without_a_token(shop, asgi_sidecar):
+    sidecar = asgi_sidecar(shop[1])
     response = reload(sidecar)
     assert response.status_code == 403
     assert "GATEKEEPER_ADMIN_TOKEN" in response.json()["error"]["message"]
 
 
 @pytest.mark.parametrize("token", [None, "wrong-token", TOKEN + "x"])
-def test_reload_needs_the_right_token(shop, start_sidecar, token):
-    sidecar = start_sidecar(shop[1], admin_token=TOKEN)
+def test_reload_needs_the_right_token(shop, asgi_sidecar, token):
+    sidecar = asgi_sidecar(shop[1], admin_token=TOKEN)
     response = reload(sidecar, token)
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "invalid_admin_token"
     assert sidecar.metric("gatekeeper_reloads_total", result="success") == 0
 
 
-def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, start_sidecar):
+def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, asgi_sidecar):
     path, gate = shop
-    sidecar = start_sidecar(gate, admin_token=TOKEN)
+    sidecar = asgi_sidecar(gate, admin_token=TOKEN)
     assert canned_reply(sidecar) == "Sorry, I only help with orders."
     write_catalog(path, {**SHOP, "intents": [*SHOP["intents"], NEW_INTENT],
                          "defaults": {"reject_reply": {"en": "Orders only, sorry.", "zh": "只处理订单。"}}})
     answers: list[int] = []
 
     def keep_asking() -> None:  # requests during the rebuild are served by the old gate
-        with httpx.Client(timeout=10) as client:
-            for _ in range(20):
-                answers.append(client.post(f"{sidecar.base_url}/v1/gate", json={"text": "track my parcel"})
-                               .status_code)
+        for _ in range(20):
+            answers.append(sidecar.client.post("/v1/gate", json={"text": "track my parcel"}).status_code)
 
     asker = threading.Thread(target=keep_asking)
     asker.start()
@@ -70,10 +68,9 @@ def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, start_s
     assert summary["embedder_reused"] is True and summary["rebuilt"] is True and summary["intents"] == 3
     assert answers == [200] * 20
     assert canned_reply(sidecar) == "Orders only, sorry."
-    decision = httpx.post(f"{sidecar.base_url}/v1/gate", json={"text": "please change my delivery address"},
-                          timeout=10).json()
+    decision = sidecar.client.post("/v1/gate", json={"text": "please change my delivery address"}).json()
     assert decision["intent"] == "delivery_address"
-    assert httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()["fingerprint"] == summary["fingerprint"]
+    assert sidecar.client.get("/readyz").json()["fingerprint"] == summary["fingerprint"]
     assert sidecar.metric("gatekeeper_reloads_total", result="success") == 1
     assert sidecar.metric("gatekeeper_catalog_info", catalog="shop", fingerprint=summary["fingerprint"],
                           model=str(sidecar.app.state.gate_state.gate.artifacts_.meta["model"]), intents="3") == 1
@@ -86,9 +83,9 @@ def test_reload_swaps_in_a_changed_catalog_and_reuses_the_embedder(shop, start_s
     ({**SHOP, "intents": [{"name": "control\u0007character", "examples": ["x"]}]}, "name"),
     ("intents: [unclosed", "YAML"),
 ])
-def test_a_bad_catalog_is_refused_and_the_old_one_keeps_serving(shop, start_sidecar, broken, expected):
+def test_a_bad_catalog_is_refused_and_the_old_one_keeps_serving(shop, asgi_sidecar, broken, expected):
     path, gate = shop
-    sidecar = start_sidecar(gate, admin_token=TOKEN)
+    sidecar = asgi_sidecar(gate, admin_token=TOKEN)
     if isinstance(broken, str):
         path.write_text(broken, encoding="utf-8")
     else:
@@ -100,16 +97,16 @@ def test_a_bad_catalog_is_refused_and_the_old_one_keeps_serving(shop, start_side
     assert error["problems"] and all(problem.startswith(str(path)) for problem in error["problems"])
     assert any(expected.lower() in problem.lower() for problem in error["problems"]), error["problems"]
     assert canned_reply(sidecar) == "Sorry, I only help with orders."
-    assert httpx.get(f"{sidecar.base_url}/readyz", timeout=10).json()["fingerprint"] == gate.artifacts_.fingerprint
+    assert sidecar.client.get("/readyz").json()["fingerprint"] == gate.artifacts_.fingerprint
     assert sidecar.metric("gatekeeper_reloads_total", result="failure") == 1
     assert sidecar.metric("gatekeeper_reloads_total", result="success") == 0
 
 
-def test_a_deleted_catalog_is_refused(shop, start_sidecar):
+def test_a_deleted_catalog_is_refused(shop, asgi_sidecar):
     path, gate = shop
-    sidecar = start_sidecar(gate, admin_token=TOKEN)
+    sidecar = asgi_sidecar(gate, admin_token=TOKEN)
     path.unlink()
     response = reload(sidecar)
     assert response.status_code == 422
     assert "no such file" in response.json()["error"]["problems"][0]
-    assert httpx.post(f"{sidecar.base_url}/v1/gate", json={"text": "track my parcel"}, timeout=10).status_code == 200
+    assert sidecar.client.post("/v1/gate", json={"text": "track my parcel"}).status_code == 200

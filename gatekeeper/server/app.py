@@ -1,4 +1,5 @@
-"""The FastAPI app: ``create_app(settings, gate=None, registry=None)`` builds the parts and composes the routers.
+"""The FastAPI app: ``create_app(settings, gate=None, registry=None, upstream_transport=None)`` builds the parts and
+composes the routers.
 
 Routers, one module each: ``POST /v1/chat/completions`` (:mod:`~gatekeeper.server.chat`) and ``POST /v1/responses``
 (:mod:`~gatekeeper.server.responses`): gate, then forward or answer with the canned reply; ``POST /v1/gate``
@@ -14,6 +15,7 @@ import asyncio
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
+import httpx
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
@@ -41,14 +43,17 @@ from gatekeeper.server.service import GateService
 from gatekeeper.server.state import GateState
 from gatekeeper.server.upstream import Upstream
 
-def create_app(settings: ServerSettings, gate: Gate | None = None,
-               registry: CollectorRegistry | None = None) -> FastAPI:
+
+def create_app(settings: ServerSettings, gate: Gate | None = None, registry: CollectorRegistry | None = None,
+               upstream_transport: httpx.AsyncBaseTransport | None = None) -> FastAPI:
     """Build the sidecar app.
 
     ``gate`` is served as is when given (tests, embedding); otherwise the
     catalog at ``settings.catalog`` is loaded in the background after start-up,
     and ``/readyz`` says when it is ready. Metrics go to ``registry`` (a fresh
-    one when None).
+    one when None). Requests to the upstream at ``settings.upstream_base_url``
+    go over ``upstream_transport`` when given (an ``httpx`` async transport,
+    e.g. an in-memory fake upstream in tests), else over the network.
     """
     metrics = Metrics(registry or CollectorRegistry(), mode=settings.mode)
     state = GateState(settings.catalog, metrics, threads=settings.threads, gate=gate)
@@ -62,7 +67,7 @@ def create_app(settings: ServerSettings, gate: Gate | None = None,
     upstream = (Upstream(settings.upstream_base_url,
                          settings.upstream_api_key.get_secret_value() if settings.upstream_api_key else None,
                          settings.upstream_timeout_s, settings.upstream_connect_timeout_s,
-                         settings.upstream_keepalive_expiry_s, settings.upstream_deadline_s)
+                         settings.upstream_keepalive_expiry_s, settings.upstream_deadline_s, upstream_transport)
                 if settings.upstream_base_url else None)
 
     @asynccontextmanager

@@ -103,10 +103,17 @@ class UpstreamResponse:
 
 
 class Upstream:
-    """An OpenAI-compatible endpoint at ``base_url`` (no retries, no redirects, bounded timeouts)."""
+    """An OpenAI-compatible endpoint at ``base_url`` (no retries, no redirects, bounded timeouts).
+
+    ``transport`` carries the requests instead of the network when given (an
+    ``httpx`` async transport: tests serve an in-memory fake upstream there);
+    the connection limits and the connect and read timeouts are the network
+    transport's, so they do not apply to it (the deadline does).
+    """
 
     def __init__(self, base_url: str, api_key: str | None, timeout_s: float, connect_timeout_s: float,
-                 keepalive_expiry_s: float, deadline_s: float | None = None):
+                 keepalive_expiry_s: float, deadline_s: float | None = None,
+                 transport: httpx.AsyncBaseTransport | None = None):
         parts = urlsplit(base_url)
         self.masked_url = mask_url(base_url)
         self.timeout_s = timeout_s
@@ -119,7 +126,7 @@ class Upstream:
         self._client = httpx.AsyncClient(
             timeout=httpx.Timeout(timeout_s, connect=connect_timeout_s),
             limits=httpx.Limits(keepalive_expiry=keepalive_expiry_s),
-            follow_redirects=False, cookies=_no_cookie_jar())
+            follow_redirects=False, cookies=_no_cookie_jar(), transport=transport)
 
     async def post_json(self, path: str, body: dict, caller_headers: Mapping[str, str]) -> UpstreamResponse:
         """POST ``body`` (the caller's JSON) to ``path`` (``chat/completions``, ``responses``); returns once the
