@@ -26,6 +26,7 @@ from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids,
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
 from gatekeeper.lexical import CharNgrams
 from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
+from gatekeeper.parallel import available_cores, single_threaded_pool
 from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
                                 Scorer, fit_calibrator, head_inputs, load_scorer, nearest_similarities, uses_head)
 from gatekeeper.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
@@ -33,10 +34,14 @@ from gatekeeper.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, 
 #: Bump whenever what a build produces changes, so old saves rebuild
 #: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack;
 #: v5: calibrator features with the row left out of the index, pack messages also without their category,
-#: and the ``auto`` estimate).
-ARTIFACT_VERSION = 5
+#: and the ``auto`` estimate; v6: the full head's last gradient and the rows' neighbour lists kept for the next build).
+ARTIFACT_VERSION = 6
 #: Zero-shot ``auto``: at most this share of held-out out-of-scope examples accepted.
 AUTO_NEGATIVES_ACCEPTED = 0.1
+#: Neighbours kept per row beyond what the auto calibration needs (:class:`NeighbourLists`): an edit
+#: removing up to this many of a row's neighbours leaves its saved list usable by the next build.
+NEIGHBOUR_MARGIN = 8
+_NEIGHBOURS_FILE = "neighbours.npz"
 
 #: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
 #: then ("fit", heads fitted, heads in all).
@@ -72,13 +77,36 @@ class Prototypes:
 
 
 @dataclass
+class NeighbourLists:
+    """Each index row's nearest rows (itself among them), most similar first, for the next build to reuse.
+
+    A list holds an exact prefix of the row's neighbours in the whole index,
+    padded with id -1 (similarity -inf) where an edit shortened it. Rows are
+    named by a hash of their text (:func:`text_keys`), as is their vector.
+    """
+
+    keys: np.ndarray
+    ids: np.ndarray
+    sims: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        """Neighbours a list holds at most."""
+        return self.ids.shape[1]
+
+
+@dataclass
 class Artifacts:
-    """Everything routing needs besides the embedder: index, scorer and the auto threshold."""
+    """Everything routing needs besides the embedder: index, scorer and the auto threshold.
+
+    ``neighbours`` (head scorer only, not loaded back) are kept for the next build.
+    """
 
     index: PrototypeIndex
     scorer: Scorer
     auto_threshold: float
     meta: dict
+    neighbours: NeighbourLists | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -120,17 +148,19 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
             return loaded, False
     with closing(EmbeddingCache(folder.parent / "embeddings.sqlite")) as cache:
         artifacts, heads = build_artifacts(catalog, embedder, cache=cache, progress=progress,
-                                           previous=load_heads(folder, catalog.intent_names()))
+                                           previous=load_heads(folder, catalog.intent_names()),
+                                           previous_neighbours=load_neighbours(folder, embedder.fingerprint))
     save_artifacts(folder, artifacts, heads)
     return artifacts, True
 
 
 def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
-                    progress: ProgressCallback | None = None, previous: Heads | None = None
-                    ) -> tuple[Artifacts, Heads | None]:
+                    progress: ProgressCallback | None = None, previous: Heads | None = None,
+                    previous_neighbours: NeighbourLists | None = None) -> tuple[Artifacts, Heads | None]:
     """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache).
 
-    ``previous`` are the heads of an earlier build of the same intents, to start the fits from.
+    ``previous`` are the heads of an earlier build of the same intents, to start the fits from;
+    ``previous_neighbours`` the neighbour lists of an earlier build with the same model.
     Returns the artifacts and the fitted heads (None for nearest-prototype
     scoring), which are only saved for the next build to start from.
     """
@@ -161,9 +191,9 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     own = [i for i, name in enumerate(catalog.intent_names()) if name not in catalog.pack_intents]
     category_ids = {category: number for number, category in enumerate(dict.fromkeys(kept_categories))}
     groups = np.array([-1] * own_rows + [category_ids[category] for category in kept_categories], dtype=np.int32)
-    scorer, auto_threshold, heads, estimate = _fit_scorer(index, n_intents, own, prototypes.texts,
-                                                          catalog.scorer.lexical_features, previous, progress,
-                                                          groups)
+    scorer, auto_threshold, heads, estimate, neighbours = _fit_scorer(
+        index, n_intents, own, prototypes.texts, catalog.scorer.lexical_features, previous, progress, groups,
+        previous_neighbours)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -184,7 +214,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta), heads
+    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta,
+                     neighbours=neighbours), heads
 
 
 def _add_pack(prototypes: Prototypes, pack: list[tuple[str, str]], vectors: np.ndarray
@@ -258,14 +289,15 @@ def describe_auto_estimate(estimate: dict | None) -> str:
 
 def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], texts: list[str],
                 lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None,
-                groups: np.ndarray | None = None) -> tuple[Scorer, float, Heads | None, dict]:
+                groups: np.ndarray | None = None, previous_neighbours: NeighbourLists | None = None
+                ) -> tuple[Scorer, float, Heads | None, dict, NeighbourLists | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold (and :func:`auto_estimate`) from held-out
-    features of the catalog's own rows.
+    features of the catalog's own rows; also returns the rows' :class:`NeighbourLists` (head scorer only).
 
     ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows
     as text; with ``lexical_features`` the head also gets their character n-grams. ``progress`` hears
     ("fit", heads done, heads in all). ``groups`` gives each row's out-of-scope pack category (a number,
-    -1 for the catalog's own rows).
+    -1 for the catalog's own rows). ``previous_neighbours`` are an earlier build's lists (same model).
 
     Each row's calibrator features are those of a message the gate has not seen:
     the head's logit from the head of the fold that left the row out (3-fold
@@ -289,7 +321,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
                  f"nearest prototype: the threshold refuses {1 - AUTO_NEGATIVES_ACCEPTED:.0%} of the negatives")
         basis += f", negatives held out in {CROSS_FIT_FOLDS} folds" if negative_scores is not None else ""
         return scorer, threshold, None, auto_estimate(threshold, in_scores, negative_scores, from_pack[negative_rows],
-                                                      basis=basis)
+                                                      basis=basis), None
     folds = fold_ids(texts)
     lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
@@ -300,15 +332,20 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
 
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
-    heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
-                                on_fitted=partial(progress, "fit") if progress else None)
+    with single_threaded_pool(available_cores()) as pool:
+        # The search takes a core while the fits take the other (more fits than cores in a cold build).
+        searched = pool.submit(neighbour_lists, index, text_keys(texts), _search_depth(groups), previous_neighbours)
+        heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
+                                    on_fitted=partial(progress, "fit") if progress else None, pool=pool)
+        neighbours = searched.result()
     features = np.zeros((len(labels), 3))
     for fold, logits in enumerate(per_fold):
         features[folds == fold, 0] = logits
-    features[:, 1], features[:, 2] = _left_out_neighbours(index)
+    features[:, 1], features[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids)
     in_scope = labels != OUT_OF_SCOPE
     unseen = features[from_pack].copy()
-    unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
+    unseen[:, 1], unseen[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids, groups,
+                                                      np.flatnonzero(from_pack))
     if in_scope.all():
         # No negatives: the score is the standardised head logit, squashed to (0, 1).
         mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-9)
@@ -323,7 +360,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
                              scorer.calibrate(unseen),
                              basis=f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds), cosines with the row left "
                                    "out")
-    return scorer, threshold, heads, estimate
+    return scorer, threshold, heads, estimate, neighbours
 
 
 def _best_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_intents: int) -> np.ndarray:
@@ -343,23 +380,117 @@ def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None
     searched deeper by their number, and they are skipped.
     """
     rows = np.arange(len(index.labels)) if rows is None else rows
-    labels = index.labels
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
+    sims, ids = index.search(index.vectors[rows], _search_depth(groups))
+    return _left_out_from_lists(index.labels, sims, ids, groups, np.arange(len(rows)), rows)
+
+
+def _search_depth(groups: np.ndarray | None) -> int:
+    """Neighbours :func:`_left_out_from_lists` needs per row: :data:`SEARCH_K`, the row itself, and its group."""
     grouped = groups is not None and (groups >= 0).any()
-    depth = SEARCH_K + 1 + (int(np.bincount(groups[groups >= 0]).max()) if grouped else 0)
-    sims, ids = index.search(index.vectors[rows], depth)
+    return SEARCH_K + 1 + (int(np.bincount(groups[groups >= 0]).max()) if grouped else 0)
+
+
+def _left_out_from_lists(labels: np.ndarray, sims: np.ndarray, ids: np.ndarray, groups: np.ndarray | None = None,
+                         rows: np.ndarray | None = None, row_ids: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_left_out_neighbours` from neighbour lists: ``sims`` and ``ids`` (n, depth) of every row, most
+    similar first, id -1 past a list's end, at least :func:`_search_depth` deep (or the whole index).
+
+    ``rows`` selects the lists (default all); ``row_ids`` are those rows' ids in the index when the lists
+    are given for them alone (``rows`` then indexes the lists).
+    """
+    rows = np.arange(len(ids)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    sims, ids = sims[rows], ids[rows]
+    own_ids = rows if row_ids is None else row_ids
     found = ids >= 0
     safe = np.where(found, ids, 0)
-    usable = found & (safe != rows[:, None])
-    if grouped:
-        own = groups[rows][:, None]
+    usable = found & (safe != own_ids[:, None])
+    if groups is not None and (groups >= 0).any():
+        own = groups[own_ids][:, None]
         usable &= (own < 0) | (groups[safe] != own)
     usable &= np.cumsum(usable, axis=1) <= SEARCH_K
     inside = labels[safe] != OUT_OF_SCOPE
     nearest_intent = np.where(usable & inside, sims, -1.0).max(axis=1, initial=-1.0)
     nearest_negative = np.where(usable & ~inside, sims, -1.0).max(axis=1, initial=-1.0)
     return nearest_intent, nearest_negative
+
+
+def text_keys(texts: list[str]) -> np.ndarray:
+    """A 64-bit hash of each text, naming its row across builds (:class:`NeighbourLists`)."""
+    return np.array([int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+                     for text in texts], dtype=np.uint64)
+
+
+def neighbour_lists(index: PrototypeIndex, keys: np.ndarray, depth: int, previous: NeighbourLists | None = None
+                    ) -> NeighbourLists:
+    """Every row's ``depth`` + :data:`NEIGHBOUR_MARGIN` nearest rows of ``index`` (exact), its rows named by
+    ``keys``.
+
+    With ``previous`` lists of the same texts' vectors, a row that was
+    there keeps its list: its neighbours that are gone leave it, the added
+    rows enter where they are nearer (:func:`_merge_added`). Only the added
+    rows, and rows left with fewer than ``depth`` known neighbours, are
+    searched. Without ``previous`` (or with repeated keys), every row is.
+    """
+    stored = depth + NEIGHBOUR_MARGIN
+    n = len(keys)
+    vectors = index.vectors
+    reusable = (previous is not None and previous.depth == stored and len(np.unique(keys)) == n
+                and len(np.unique(previous.keys)) == len(previous.keys))
+    if reusable:
+        ids, sims, known = _merge_added(previous, keys, vectors)
+        stale = np.flatnonzero(known < min(depth, n))
+    else:
+        ids, sims = np.full((n, stored), -1, np.int32), np.full((n, stored), -np.inf, np.float32)
+        stale = np.arange(n)
+    if len(stale):
+        found_sims, found_ids = index.search(vectors[stale], stored)
+        width = found_ids.shape[1]
+        ids[stale], sims[stale] = -1, -np.inf
+        ids[stale, :width], sims[stale, :width] = found_ids, np.where(found_ids >= 0, found_sims, -np.inf)
+    return NeighbourLists(keys=keys, ids=ids, sims=sims)
+
+
+def _merge_added(previous: NeighbourLists, keys: np.ndarray, vectors: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``previous`` lists carried over to the rows named ``keys`` (vectors ``vectors``), with the rows it
+    lacked merged in: lists (ids, sims), and how many leading neighbours of each are known exactly.
+
+    A previous list is an exact prefix: rows missing from it are no nearer than
+    its last entry. After dropping removed rows and merging in the added ones,
+    the entries at least as near as that bound are still exact; an added row
+    (no previous list) knows none.
+    """
+    stored = previous.depth
+    position = {key: row for row, key in enumerate(keys.tolist())}
+    old_to_new = np.array([position.get(key, -1) for key in previous.keys.tolist()], dtype=np.int64)
+    new_to_old = np.full(len(keys), -1, dtype=np.int64)
+    new_to_old[old_to_new[old_to_new >= 0]] = np.flatnonzero(old_to_new >= 0)
+    kept, added = np.flatnonzero(new_to_old >= 0), np.flatnonzero(new_to_old < 0)
+    old_ids, old_sims = previous.ids[new_to_old[kept]], previous.sims[new_to_old[kept]]
+    listed = old_ids >= 0
+    bound = np.where(listed, old_sims, np.inf).min(axis=1)
+    mapped = np.where(listed, old_to_new[np.maximum(old_ids, 0)], -1)
+    merged_ids = np.concatenate([mapped, np.broadcast_to(added, (len(kept), len(added)))], axis=1)
+    merged_sims = np.concatenate([np.where(mapped >= 0, old_sims, -np.inf),
+                                  vectors[kept] @ vectors[added].T], axis=1).astype(np.float32)
+    exact = (merged_ids >= 0) & (merged_sims >= bound[:, None])
+    changed = np.flatnonzero((mapped < 0).any(axis=1) | exact[:, stored:].any(axis=1))
+    ids = np.full((len(keys), stored), -1, np.int32)
+    sims = np.full((len(keys), stored), -np.inf, np.float32)
+    ids[kept], sims[kept] = merged_ids[:, :stored], merged_sims[:, :stored]
+    order = np.argsort(-merged_sims[changed], axis=1, kind="stable")[:, :stored]
+    ids[kept[changed]] = np.take_along_axis(merged_ids[changed], order, axis=1)
+    sims[kept[changed]] = np.take_along_axis(merged_sims[changed], order, axis=1)
+    known = np.zeros(len(keys), dtype=np.int64)
+    known[kept] = exact.sum(axis=1)
+    unknown = np.arange(stored)[None, :] >= known[:, None]
+    ids[unknown], sims[unknown] = -1, -np.inf
+    return ids, sims, known
 
 
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int
@@ -418,11 +549,16 @@ def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarr
 
 
 def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:
-    """Write ``artifacts`` (and ``heads``, for the next build to start from) to ``folder``; its metadata last."""
+    """Write ``artifacts`` (and ``heads`` and the neighbour lists, for the next build to start from) to
+    ``folder``; its metadata last."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "scorer.npz", **artifacts.scorer.state())
     if heads is not None:
         save_heads(folder, artifacts.meta["intents"], heads)
+    if artifacts.neighbours is not None:
+        lists = artifacts.neighbours
+        np.savez(folder / _NEIGHBOURS_FILE, model=np.array(artifacts.meta["model"]), keys=lists.keys, ids=lists.ids,
+                 sims=lists.sims)
     artifacts.index.save(folder, artifacts.meta)
 
 
@@ -436,3 +572,14 @@ def load_artifacts(folder: Path, fingerprint: str, n_intents: int) -> Artifacts 
         state = {key: arrays[key] for key in arrays.files}
     scorer = load_scorer(meta["scorer"], index, n_intents, state)
     return Artifacts(index=index, scorer=scorer, auto_threshold=float(meta["auto_threshold"]), meta=meta)
+
+
+def load_neighbours(folder: Path, model: str) -> NeighbourLists | None:
+    """The neighbour lists saved in ``folder`` if their vectors came from ``model``, else None."""
+    try:
+        with np.load(folder / _NEIGHBOURS_FILE) as arrays:
+            if str(arrays["model"]) != model:
+                return None
+            return NeighbourLists(keys=arrays["keys"], ids=arrays["ids"], sims=arrays["sims"])
+    except (OSError, KeyError, ValueError):
+        return None
