@@ -102,15 +102,17 @@ def _fit_full(inputs: HeadInputs, labels: np.ndarray, n_intents: int, previous: 
 
     A warm fit tilted by the previous gradient (:data:`WARM_FULL_HEAD_TOL`)
     that ends above the cold tolerance (successive tilts could add up) is
-    finished untilted at that tolerance.
+    finished untilted at that tolerance. A warm fit shares its rows between
+    the cores: the fold heads it runs beside stop after a few iterations.
     """
     if previous is None:
         return fit_head_with_gradient(inputs, labels, n_intents)
+    cores = available_cores()
     weights, bias, gradient = fit_head_with_gradient(inputs, labels, n_intents, previous.full, WARM_FULL_HEAD_TOL,
-                                                     previous.full_gradient)
+                                                     previous.full_gradient, cores)
     if previous.full_gradient is None or max(np.abs(part).max() for part in gradient) <= HEAD_TOL:
         return weights, bias, gradient
-    return fit_head_with_gradient(inputs, labels, n_intents, (weights, bias), HEAD_TOL)
+    return fit_head_with_gradient(inputs, labels, n_intents, (weights, bias), HEAD_TOL, workers=cores)
 
 
 def save_heads(folder: Path, intents: list[str], heads: Heads) -> None:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import warnings
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
 
@@ -74,7 +75,7 @@ class SolverResult:
 
 def fit_multinomial(inputs: HeadInputs, targets: np.ndarray, n_classes: int, penalty: float, tol: float,
                     max_iter: int, init: tuple[np.ndarray, np.ndarray] | None = None,
-                    tilt: np.ndarray | None = None) -> SolverResult:
+                    tilt: np.ndarray | None = None, workers: int = 1) -> SolverResult:
     """Minimise mean log-loss + ``penalty / 2 * ||W||^2`` over classes ``0..n_classes-1``.
 
     ``targets`` are class ids; ``init`` is a starting point (weights (d + v, k),
@@ -90,15 +91,22 @@ def fit_multinomial(inputs: HeadInputs, targets: np.ndarray, n_classes: int, pen
     tolerance below it would spend its iterations on that residual, the tilt
     leaves it in place and spends them on what the data's change moved. The
     returned gradient is the objective's own, tilt included.
+
+    ``workers`` > 1 evaluates the objective in that many blocks of rows at
+    once, one thread each (for a fit that would otherwise leave cores idle;
+    the sums then round differently, in the last bits).
     """
     rows = inputs.shape[1] + 1
     start = np.zeros((rows, n_classes))
     if init is not None:
         start[:-1], start[-1] = init
-    objective = _Objective(inputs, targets, n_classes, penalty)
     shift = None if tilt is None else np.asarray(tilt, dtype=np.float64).ravel()
-    solution, gradient, iterations = _lbfgs(objective if shift is None else _Tilted(objective, shift),
-                                            start.ravel(), tol, max_iter)
+    workers = max(1, min(workers, len(targets)))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatekeeper-rows") as pool:
+        objective = (_Objective(inputs, targets, n_classes, penalty) if workers == 1
+                     else _RowBlocks(inputs, targets, n_classes, penalty, pool, workers))
+        solution, gradient, iterations = _lbfgs(objective if shift is None else _Tilted(objective, shift),
+                                                start.ravel(), tol, max_iter)
     if shift is not None:
         gradient = gradient + shift
     solution = solution.reshape(rows, n_classes).astype(np.float32)
@@ -186,6 +194,29 @@ class _LastValue:
     def gradient(self, point: np.ndarray) -> np.ndarray:
         """The objective's gradient at ``point``."""
         return self(point)[1]
+
+
+class _RowBlocks:
+    """:class:`_Objective` with its rows cut into ``blocks`` evaluated at once in ``pool``: the blocks' mean
+    losses and gradients weighted by their share of the rows, plus the penalty."""
+
+    def __init__(self, inputs: HeadInputs, targets: np.ndarray, n_classes: int, penalty: float,
+                 pool: ThreadPoolExecutor, blocks: int):
+        bounds = np.linspace(0, len(targets), blocks + 1).astype(int)
+        self.parts = [(_Objective(inputs[np.arange(low, high)], targets[low:high], n_classes, 0.0),
+                       (high - low) / len(targets)) for low, high in zip(bounds[:-1], bounds[1:])]
+        self.n_classes = n_classes
+        self.penalty = penalty
+        self.pool = pool
+
+    def __call__(self, flat: np.ndarray) -> tuple[float, np.ndarray]:
+        """Mean log-loss plus penalty, and its gradient (flat, float64)."""
+        results = list(self.pool.map(lambda part: part[0](flat), self.parts))
+        value = sum(share * part_value for (_, share), (part_value, _) in zip(self.parts, results))
+        gradient = sum(share * part_gradient for (_, share), (_, part_gradient) in zip(self.parts, results))
+        weights = flat.reshape(-1, self.n_classes)[:-1]
+        gradient.reshape(-1, self.n_classes)[:-1] += self.penalty * weights
+        return value + 0.5 * self.penalty * float(np.einsum("ij,ij->", weights, weights)), gradient
 
 
 class _Tilted:

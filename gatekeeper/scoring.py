@@ -232,13 +232,14 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
 
 def fit_head_with_gradient(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
                            init: tuple[np.ndarray, np.ndarray] | None = None, tol: float = HEAD_TOL,
-                           tilt: tuple[np.ndarray, np.ndarray] | None = None
+                           tilt: tuple[np.ndarray, np.ndarray] | None = None, workers: int = 1
                            ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """:func:`fit_head`, also returning the objective's gradient where the solver stopped, laid out as a
     head (weight rows, bias row; zeros for absent classes).
 
     ``tilt`` is such a gradient of an earlier fit whose head is ``init``: the
-    fit then learns what changed since (see :func:`gatekeeper.head_solver.fit_multinomial`).
+    fit then learns what changed since; ``workers`` threads share each step's
+    rows (see :func:`gatekeeper.head_solver.fit_multinomial`).
     """
     negatives = labels == OUT_OF_SCOPE
     use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
@@ -254,7 +255,8 @@ def fit_head_with_gradient(inputs: HeadInputs, labels: np.ndarray, n_intents: in
     # scikit-learn fits two classes as one binary model, penalising its one weight vector, the difference
     # of the two columns here: twice the penalty on the columns gives the same optimum.
     penalty = (2.0 if len(present) == 2 else 1.0) / (HEAD_C * len(targets))
-    fitted = fit_multinomial(inputs[keep], targets, len(present), penalty, tol, HEAD_MAX_ITER, start, shift)
+    fitted = fit_multinomial(inputs[keep], targets, len(present), penalty, tol, HEAD_MAX_ITER, start, shift,
+                             workers)
     weights = np.zeros((inputs.shape[1], n_classes), dtype=np.float32)
     bias = np.full(n_classes, ABSENT_CLASS_BIAS, dtype=np.float32)
     gradient = np.zeros((inputs.shape[1] + 1, n_classes), dtype=np.float32)
