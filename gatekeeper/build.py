@@ -28,7 +28,8 @@ from gatekeeper.lexical import CharNgrams
 from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
 from gatekeeper.parallel import available_cores, single_threaded_pool
 from gatekeeper.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
-                                Scorer, fit_calibrator, head_inputs, load_scorer, nearest_similarities, uses_head)
+                                Scorer, fit_calibrator, head_inputs, import_calibrator_solver, load_scorer,
+                                nearest_similarities, uses_head)
 from gatekeeper.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 
 #: Bump whenever what a build produces changes, so old saves rebuild
@@ -335,6 +336,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     with single_threaded_pool(available_cores()) as pool:
         # The search takes a core while the fits take the other (more fits than cores in a cold build).
         searched = pool.submit(neighbour_lists, index, text_keys(texts), _search_depth(groups), previous_neighbours)
+        pool.submit(import_calibrator_solver)
         heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
                                     on_fitted=partial(progress, "fit") if progress else None, pool=pool)
         neighbours = searched.result()

@@ -14,8 +14,8 @@ only what the edit changed (:data:`WARM_FULL_HEAD_TOL`).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TypeVar
 
