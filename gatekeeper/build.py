@@ -23,7 +23,7 @@ from gatekeeper.catalog_schema import Catalog
 from gatekeeper.embedders.base import Embedder
 from gatekeeper.embedders.cache import EmbeddingCache
 from gatekeeper.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, load_heads, save_heads
-from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta
+from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex, read_meta, search_on_this_thread_alone
 from gatekeeper.lexical import CharNgrams
 from gatekeeper.oos_pack import keep_mask, pack_entries, pack_fingerprint
 from gatekeeper.parallel import available_cores, single_threaded_pool
@@ -437,6 +437,7 @@ def neighbour_lists(index: PrototypeIndex, keys: np.ndarray, depth: int, previou
     rows enter where they are nearer (:func:`_merge_added`). Only the added
     rows, and rows left with fewer than ``depth`` known neighbours, are
     searched. Without ``previous`` (or with repeated keys), every row is.
+    The search runs on the calling thread alone (it runs beside the fits).
     """
     stored = depth + NEIGHBOUR_MARGIN
     n = len(keys)
@@ -450,6 +451,7 @@ def neighbour_lists(index: PrototypeIndex, keys: np.ndarray, depth: int, previou
         ids, sims = np.full((n, stored), -1, np.int32), np.full((n, stored), -np.inf, np.float32)
         stale = np.arange(n)
     if len(stale):
+        search_on_this_thread_alone()
         found_sims, found_ids = index.search(vectors[stale], stored)
         width = found_ids.shape[1]
         ids[stale], sims[stale] = -1, -np.inf

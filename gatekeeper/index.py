@@ -107,6 +107,17 @@ def search_on_one_thread() -> None:
     faiss.omp_set_num_threads(1)
 
 
+def search_on_this_thread_alone() -> None:
+    """Make the calling thread's FAISS searches single-threaded, e.g. in a pool worker next to other work.
+
+    OpenMP keeps the thread count per calling thread: a limit set in the main
+    thread (``threadpoolctl``'s too) does not reach a pool's worker threads,
+    whose searches would otherwise start OpenMP threads on cores the pool's
+    other work holds.
+    """
+    faiss.omp_set_num_threads(1)
+
+
 def read_meta(folder: Path) -> dict | None:
     """The metadata of the index saved in ``folder``, or None if there is none."""
     try:
