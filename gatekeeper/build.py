@@ -553,13 +553,13 @@ def _held_out_negative_scores(index: PrototypeIndex, n_intents: int) -> np.ndarr
 
 
 def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:
-    """Write ``artifacts`` (and ``heads`` and the neighbour lists, for the next build to start from) to
-    ``folder``; its metadata last."""
+    """Write ``artifacts`` to ``folder``, its metadata last; with ``heads``, also what the next build starts
+    from (the heads and the neighbour lists)."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / "scorer.npz", **artifacts.scorer.state())
     if heads is not None:
         save_heads(folder, artifacts.meta["intents"], heads)
-    if artifacts.neighbours is not None:
+    if heads is not None and artifacts.neighbours is not None:
         lists = artifacts.neighbours
         np.savez(folder / _NEIGHBOURS_FILE, model=np.array(artifacts.meta["model"]), keys=lists.keys, ids=lists.ids,
                  sims=lists.sims)
