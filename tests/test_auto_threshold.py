@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gatekeeper.core.fit import _left_out_neighbours, auto_estimate, describe_auto_estimate
+from gatekeeper.core.fit import (NeighbourLists, _left_out_from_lists, _left_out_neighbours, _search_depth, auto_estimate,
+                              describe_auto_estimate, neighbour_lists, text_keys)
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.core.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
 
@@ -23,6 +24,56 @@ def index() -> PrototypeIndex:
     # rows 0-1: intent 0; rows 2-4: negatives, 2 and 3 of one pack category, 4 of another
     vectors = unit([1, 0, 0], [1, 0.2, 0], [0, 1, 0], [0, 1, 0.1], [0.3, 0.3, 1])
     return PrototypeIndex.build(vectors, np.array([0, 0, OUT_OF_SCOPE, OUT_OF_SCOPE, OUT_OF_SCOPE]), hnsw=False)
+
+
+def _random_catalog(seed: int, rows: int = 400) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """Texts, unit vectors (a text's vector depends on the text alone), labels and pack groups."""
+    texts = [f"text {seed}-{row}" for row in range(rows)]
+    return texts, _vectors_of(texts), np.arange(rows) % 7 - 1, np.where(np.arange(rows) % 11 == 0, np.arange(rows) % 3, -1)
+
+
+def _vectors_of(texts: list[str]) -> np.ndarray:
+    vectors = np.stack([np.random.default_rng(int(text_keys([text])[0])).normal(size=24) for text in texts])
+    return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+def _features(texts: list[str], vectors: np.ndarray, labels: np.ndarray, groups: np.ndarray,
+              previous: NeighbourLists | None) -> tuple[NeighbourLists, list[np.ndarray]]:
+    index = PrototypeIndex.build(vectors, labels, hnsw=False)
+    lists = neighbour_lists(index, text_keys(texts), _search_depth(groups), previous)
+    pack = np.flatnonzero(groups >= 0)
+    return lists, [*_left_out_from_lists(labels, lists.sims, lists.ids),
+                   *_left_out_from_lists(labels, lists.sims, lists.ids, groups, pack)]
+
+
+def test_neighbour_lists_after_an_edit_equal_a_fresh_search():
+    texts, vectors, labels, groups = _random_catalog(0)
+    previous, _ = _features(texts, vectors, labels, groups, None)
+    # remove 30 rows (some nearest to many), edit 5 texts, add 12 and reorder everything
+    kept = [row for row in range(len(texts)) if row % 13 != 5]
+    new_texts = [texts[row] if row % 80 else texts[row] + " edited" for row in kept] + [f"added {i}" for i in range(12)]
+    order = np.random.default_rng(1).permutation(len(new_texts))
+    new_texts = [new_texts[i] for i in order]
+    new_labels, new_groups = (np.arange(len(new_texts)) % 7 - 1)[order], np.where(order % 11 == 0, order % 3, -1)
+    new_vectors = _vectors_of(new_texts)
+    warm, warm_features = _features(new_texts, new_vectors, new_labels, new_groups, previous)
+    cold, cold_features = _features(new_texts, new_vectors, new_labels, new_groups, None)
+    for ours, fresh in zip(warm_features, cold_features):
+        np.testing.assert_allclose(ours, fresh, atol=1e-6)
+    depth = _search_depth(new_groups)
+    np.testing.assert_array_equal(warm.ids[:, :depth], cold.ids[:, :depth])
+
+
+def test_a_removed_rows_saved_list_is_not_used():
+    texts, vectors, labels, groups = _random_catalog(2)
+    previous, _ = _features(texts, vectors, labels, groups, None)
+    poisoned = NeighbourLists(keys=previous.keys, ids=previous.ids.copy(), sims=previous.sims.copy())
+    poisoned.sims[0] = 5.0  # row 0's list, wrong: must not reach any row once row 0 is gone
+    poisoned.ids[0] = 1
+    _, warm_features = _features(texts[1:], vectors[1:], labels[1:], groups[1:], poisoned)
+    _, cold_features = _features(texts[1:], vectors[1:], labels[1:], groups[1:], None)
+    for ours, fresh in zip(warm_features, cold_features):
+        np.testing.assert_allclose(ours, fresh, atol=1e-6)
 
 
 def test_neighbours_leave_the_row_itself_out(index):

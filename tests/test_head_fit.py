@@ -7,17 +7,20 @@ import sys
 
 import numpy as np
 import pytest
+import yaml
 from scipy import sparse
 from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 
 from gatekeeper.catalog.loader import load_catalog
+from gatekeeper.core.fit import build_artifacts
 from gatekeeper.core.head_fitting import WARM_FULL_HEAD_TOL
 from gatekeeper.core.head_solver import fit_multinomial
 from gatekeeper.core.index import OUT_OF_SCOPE
 from gatekeeper.core.lexical import CharNgrams
 from gatekeeper.core.parallel import single_threaded
-from gatekeeper.core.scoring import ABSENT_CLASS_BIAS, HEAD_C, fit_head, head_inputs
+from gatekeeper.core.scoring import ABSENT_CLASS_BIAS, HEAD_C, HEAD_TOL, fit_head, head_inputs
+from gatekeeper.gate import Gate
 from tests.conftest import INTENTS
 
 #: Tolerance both solvers are run to when their optima are compared.
@@ -113,6 +116,57 @@ def test_warm_start_costs_what_changed(telecom):
     logits = inputs @ warm.weights + warm.bias
     assert (logits.argmax(axis=1) == (inputs @ fresh.weights + fresh.bias).argmax(axis=1)).mean() >= 0.99
     assert (logits[added].argmax(axis=1) == 0).all()
+
+
+def test_tilted_warm_start_learns_only_the_edit(telecom):
+    """Tilted by the previous fit's last gradient, a warm fit spends its iterations on the edit alone: fewer
+    than one that also shrinks the previous residual, the added rows learnt, the cold tolerance kept."""
+    vectors, rows, labels, n_intents = telecom
+    inside = labels != OUT_OF_SCOPE
+    inputs, targets = head_inputs(vectors, rows)[inside], labels[inside]
+    added = np.flatnonzero(targets == 0)[-2:]
+    before = np.ones(len(targets), bool)
+    before[added] = False
+    everything = np.ones(len(targets), bool)
+
+    def fit(rows: np.ndarray, tol: float, init=None, tilt=None):
+        penalty = 1.0 / (HEAD_C * rows.sum())
+        return fit_multinomial(inputs[rows], targets[rows], n_intents, penalty, tol, 500, init, tilt)
+
+    with single_threaded():
+        previous = fit(before, HEAD_TOL)
+        start = (previous.weights, previous.bias)
+        untilted = fit(everything, WARM_FULL_HEAD_TOL, start)
+        tilted = fit(everything, WARM_FULL_HEAD_TOL, start, previous.gradient)
+        fresh = fit(everything, HEAD_TOL)
+    assert 0 < tilted.iterations < untilted.iterations
+    assert np.abs(tilted.gradient).max() <= HEAD_TOL + WARM_FULL_HEAD_TOL
+    logits = inputs @ tilted.weights + tilted.bias
+    assert (logits[added].argmax(axis=1) == 0).all()
+    assert (logits.argmax(axis=1) == (inputs @ fresh.weights + fresh.bias).argmax(axis=1)).mean() >= 0.99
+
+
+def test_warm_build_after_an_edit_scores_as_a_cold_build(tmp_path, use_embedder):
+    """A rebuild after an edit (heads tilted from the last build, neighbour lists carried over) decides as a
+    build from scratch, with the same scores to the solver's tolerance and the same auto threshold."""
+    path = tmp_path / "warm_equals_cold.yaml"
+    document = yaml.safe_load((INTENTS / "telecom_zh.yaml").read_text(encoding="utf-8"))
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    Gate(embedder=use_embedder).fit(path)
+    document["intents"][0]["examples"] = document["intents"][0]["examples"][1:] + ["这个月的账单能发我一份吗"]
+    document["intents"][1]["examples"].append("帮我看看还剩多少流量")
+    path.write_text(yaml.safe_dump(document, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    warm = Gate(embedder=use_embedder).fit(path)
+    cold, _ = build_artifacts(warm.catalog_, use_embedder)
+    probe = [text for intent in warm.catalog_.intents for text in intent.examples] + [
+        "今天天气怎么样", "帮我写一首诗", "宽带断了怎么办", "这个月的账单能发我一份吗"]
+    vectors = use_embedder.encode(probe, is_query=True)
+    ours, fresh = warm.router_.scorer.score(vectors, probe), cold.scorer.score(vectors, probe)
+    assert warm.rebuilt_ and warm.artifacts_.meta["embedded"] == 2
+    assert (ours.intent_scores.argmax(axis=1) == fresh.intent_scores.argmax(axis=1)).mean() >= 0.99
+    np.testing.assert_allclose(ours.score, fresh.score, atol=0.05)
+    assert np.mean(np.abs(ours.score - fresh.score)) < 0.01
+    assert warm.artifacts_.auto_threshold == pytest.approx(cold.auto_threshold, abs=0.02)
 
 
 def test_warm_start_learns_a_class_the_previous_head_had_no_rows_of(telecom):

@@ -2,7 +2,8 @@
 
 :func:`artifact_fingerprint` names what the artifacts depend on (the catalog's
 texts, the embedding model, the format); ``gatekeeper.store.artifacts`` saves
-them under it and rebuilds when it changes.
+them under it and rebuilds when it changes, starting from the previous build's
+heads and neighbour lists (:class:`NeighbourLists`).
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ import numpy as np
 from gatekeeper.catalog.checks import text_key
 from gatekeeper.catalog.oos_pack import keep_mask, pack_entries, pack_fingerprint
 from gatekeeper.catalog.schema import Catalog
-from gatekeeper.core.calibrator import Calibrator
+from gatekeeper.core.calibrator import Calibrator, import_solver
 from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids
-from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex, search_on_this_thread_alone
 from gatekeeper.core.lexical import CharNgrams
+from gatekeeper.core.parallel import available_cores, single_threaded_pool
 from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
-                                Scorer, head_inputs, nearest_similarities, uses_head)
+                                     Scorer, head_inputs, nearest_similarities, uses_head)
 from gatekeeper.core.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 from gatekeeper.embedders.base import Embedder
 
@@ -34,10 +36,13 @@ if TYPE_CHECKING:
 #: Bump whenever what a build produces changes, so old saves rebuild
 #: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack;
 #: v5: calibrator features with the row left out of the index, pack messages also without their category,
-#: and the ``auto`` estimate).
-ARTIFACT_VERSION = 5
+#: and the ``auto`` estimate; v6: the full head's last gradient and the rows' neighbour lists kept for the next build).
+ARTIFACT_VERSION = 6
 #: Zero-shot ``auto``: at most this share of held-out out-of-scope examples accepted.
 AUTO_NEGATIVES_ACCEPTED = 0.1
+#: Neighbours kept per row beyond what the auto calibration needs (:class:`NeighbourLists`): an edit
+#: removing up to this many of a row's neighbours leaves its saved list usable by the next build.
+NEIGHBOUR_MARGIN = 8
 
 #: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
 #: then ("fit", heads fitted, heads in all).
@@ -73,13 +78,36 @@ class Prototypes:
 
 
 @dataclass
+class NeighbourLists:
+    """Each index row's nearest rows (itself among them), most similar first, for the next build to reuse.
+
+    A list holds an exact prefix of the row's neighbours in the whole index,
+    padded with id -1 (similarity -inf) where an edit shortened it. Rows are
+    named by a hash of their text (:func:`text_keys`), as is their vector.
+    """
+
+    keys: np.ndarray
+    ids: np.ndarray
+    sims: np.ndarray
+
+    @property
+    def depth(self) -> int:
+        """Neighbours a list holds at most."""
+        return self.ids.shape[1]
+
+
+@dataclass
 class Artifacts:
-    """Everything routing needs besides the embedder: index, scorer and the auto threshold."""
+    """Everything routing needs besides the embedder: index, scorer and the auto threshold.
+
+    ``neighbours`` (head scorer only, not loaded back) are kept for the next build.
+    """
 
     index: PrototypeIndex
     scorer: Scorer
     auto_threshold: float
     meta: dict
+    neighbours: NeighbourLists | None = None
 
     @property
     def fingerprint(self) -> str:
@@ -101,11 +129,12 @@ def artifact_fingerprint(catalog: Catalog, embedder: Embedder) -> str:
 
 
 def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache | None = None,
-                    progress: ProgressCallback | None = None, previous: Heads | None = None
-                    ) -> tuple[Artifacts, Heads | None]:
+                    progress: ProgressCallback | None = None, previous: Heads | None = None,
+                    previous_neighbours: NeighbourLists | None = None) -> tuple[Artifacts, Heads | None]:
     """Embed the catalog, index it and fit its scorer (no disk writes besides the embedding cache).
 
-    ``previous`` are the heads of an earlier build of the same intents, to start the fits from.
+    ``previous`` are the heads of an earlier build of the same intents, to start the fits from;
+    ``previous_neighbours`` the neighbour lists of an earlier build with the same model.
     Returns the artifacts and the fitted heads (None for nearest-prototype
     scoring), which are only saved for the next build to start from.
     """
@@ -136,9 +165,9 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     own = [i for i, name in enumerate(catalog.intent_names()) if name not in catalog.pack_intents]
     category_ids = {category: number for number, category in enumerate(dict.fromkeys(kept_categories))}
     groups = np.array([-1] * own_rows + [category_ids[category] for category in kept_categories], dtype=np.int32)
-    scorer, auto_threshold, heads, estimate = _fit_scorer(index, n_intents, own, prototypes.texts,
-                                                          catalog.scorer.lexical_features, previous, progress,
-                                                          groups)
+    scorer, auto_threshold, heads, estimate, neighbours = _fit_scorer(
+        index, n_intents, own, prototypes.texts, catalog.scorer.lexical_features, previous, progress, groups,
+        previous_neighbours)
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -159,7 +188,8 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta), heads
+    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta,
+                     neighbours=neighbours), heads
 
 
 def _add_pack(prototypes: Prototypes, pack: list[tuple[str, str]], vectors: np.ndarray
@@ -233,14 +263,15 @@ def describe_auto_estimate(estimate: dict | None) -> str:
 
 def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], texts: list[str],
                 lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None,
-                groups: np.ndarray | None = None) -> tuple[Scorer, float, Heads | None, dict]:
+                groups: np.ndarray | None = None, previous_neighbours: NeighbourLists | None = None
+                ) -> tuple[Scorer, float, Heads | None, dict, NeighbourLists | None]:
     """Choose and fit the scorer, and derive the ``auto`` threshold (and :func:`auto_estimate`) from held-out
-    features of the catalog's own rows.
+    features of the catalog's own rows; also returns the rows' :class:`NeighbourLists` (head scorer only).
 
     ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows
     as text; with ``lexical_features`` the head also gets their character n-grams. ``progress`` hears
     ("fit", heads done, heads in all). ``groups`` gives each row's out-of-scope pack category (a number,
-    -1 for the catalog's own rows).
+    -1 for the catalog's own rows). ``previous_neighbours`` are an earlier build's lists (same model).
 
     Each row's calibrator features are those of a message the gate has not seen:
     the head's logit from the head of the fold that left the row out (3-fold
@@ -264,7 +295,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
                  f"nearest prototype: the threshold refuses {1 - AUTO_NEGATIVES_ACCEPTED:.0%} of the negatives")
         basis += f", negatives held out in {CROSS_FIT_FOLDS} folds" if negative_scores is not None else ""
         return scorer, threshold, None, auto_estimate(threshold, in_scores, negative_scores, from_pack[negative_rows],
-                                                      basis=basis)
+                                                      basis=basis), None
     folds = fold_ids(texts)
     lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
@@ -275,15 +306,21 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
 
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
-    heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
-                                on_fitted=partial(progress, "fit") if progress else None)
+    with single_threaded_pool(available_cores()) as pool:
+        # The search takes a core while the fits take the other (more fits than cores in a cold build).
+        searched = pool.submit(neighbour_lists, index, text_keys(texts), _search_depth(groups), previous_neighbours)
+        pool.submit(import_solver)
+        heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
+                                    on_fitted=partial(progress, "fit") if progress else None, pool=pool)
+        neighbours = searched.result()
     features = np.zeros((len(labels), 3))
     for fold, logits in enumerate(per_fold):
         features[folds == fold, 0] = logits
-    features[:, 1], features[:, 2] = _left_out_neighbours(index)
+    features[:, 1], features[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids)
     in_scope = labels != OUT_OF_SCOPE
     unseen = features[from_pack].copy()
-    unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
+    unseen[:, 1], unseen[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids, groups,
+                                                      np.flatnonzero(from_pack))
     if in_scope.all():
         calibrator = Calibrator.first_feature(features)
     else:
@@ -296,7 +333,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
                              calibrator.probability(unseen),
                              basis=f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds), cosines with the row left "
                                    "out")
-    return scorer, threshold, heads, estimate
+    return scorer, threshold, heads, estimate, neighbours
 
 
 def _best_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_intents: int) -> np.ndarray:
@@ -316,23 +353,119 @@ def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None
     searched deeper by their number, and they are skipped.
     """
     rows = np.arange(len(index.labels)) if rows is None else rows
-    labels = index.labels
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
+    sims, ids = index.search(index.vectors[rows], _search_depth(groups))
+    return _left_out_from_lists(index.labels, sims, ids, groups, np.arange(len(rows)), rows)
+
+
+def _search_depth(groups: np.ndarray | None) -> int:
+    """Neighbours :func:`_left_out_from_lists` needs per row: :data:`SEARCH_K`, the row itself, and its group."""
     grouped = groups is not None and (groups >= 0).any()
-    depth = SEARCH_K + 1 + (int(np.bincount(groups[groups >= 0]).max()) if grouped else 0)
-    sims, ids = index.search(index.vectors[rows], depth)
+    return SEARCH_K + 1 + (int(np.bincount(groups[groups >= 0]).max()) if grouped else 0)
+
+
+def _left_out_from_lists(labels: np.ndarray, sims: np.ndarray, ids: np.ndarray, groups: np.ndarray | None = None,
+                         rows: np.ndarray | None = None, row_ids: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_left_out_neighbours` from neighbour lists: ``sims`` and ``ids`` (n, depth) of every row, most
+    similar first, id -1 past a list's end, at least :func:`_search_depth` deep (or the whole index).
+
+    ``rows`` selects the lists (default all); ``row_ids`` are those rows' ids in the index when the lists
+    are given for them alone (``rows`` then indexes the lists).
+    """
+    rows = np.arange(len(ids)) if rows is None else np.asarray(rows)
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    sims, ids = sims[rows], ids[rows]
+    own_ids = rows if row_ids is None else row_ids
     found = ids >= 0
     safe = np.where(found, ids, 0)
-    usable = found & (safe != rows[:, None])
-    if grouped:
-        own = groups[rows][:, None]
+    usable = found & (safe != own_ids[:, None])
+    if groups is not None and (groups >= 0).any():
+        own = groups[own_ids][:, None]
         usable &= (own < 0) | (groups[safe] != own)
     usable &= np.cumsum(usable, axis=1) <= SEARCH_K
     inside = labels[safe] != OUT_OF_SCOPE
     nearest_intent = np.where(usable & inside, sims, -1.0).max(axis=1, initial=-1.0)
     nearest_negative = np.where(usable & ~inside, sims, -1.0).max(axis=1, initial=-1.0)
     return nearest_intent, nearest_negative
+
+
+def text_keys(texts: list[str]) -> np.ndarray:
+    """A 64-bit hash of each text, naming its row across builds (:class:`NeighbourLists`)."""
+    return np.array([int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+                     for text in texts], dtype=np.uint64)
+
+
+def neighbour_lists(index: PrototypeIndex, keys: np.ndarray, depth: int, previous: NeighbourLists | None = None
+                    ) -> NeighbourLists:
+    """Every row's ``depth`` + :data:`NEIGHBOUR_MARGIN` nearest rows of ``index`` (exact), its rows named by
+    ``keys``.
+
+    With ``previous`` lists of the same texts' vectors, a row that was
+    there keeps its list: its neighbours that are gone leave it, the added
+    rows enter where they are nearer (:func:`_merge_added`). Only the added
+    rows, and rows left with fewer than ``depth`` known neighbours, are
+    searched. Without ``previous`` (or with repeated keys), every row is.
+    The search runs on the calling thread alone (it runs beside the fits).
+    """
+    stored = depth + NEIGHBOUR_MARGIN
+    n = len(keys)
+    vectors = index.vectors
+    reusable = (previous is not None and previous.depth == stored and len(np.unique(keys)) == n
+                and len(np.unique(previous.keys)) == len(previous.keys))
+    if reusable:
+        ids, sims, known = _merge_added(previous, keys, vectors)
+        stale = np.flatnonzero(known < min(depth, n))
+    else:
+        ids, sims = np.full((n, stored), -1, np.int32), np.full((n, stored), -np.inf, np.float32)
+        stale = np.arange(n)
+    if len(stale):
+        search_on_this_thread_alone()
+        found_sims, found_ids = index.search(vectors[stale], stored)
+        width = found_ids.shape[1]
+        ids[stale], sims[stale] = -1, -np.inf
+        ids[stale, :width], sims[stale, :width] = found_ids, np.where(found_ids >= 0, found_sims, -np.inf)
+    return NeighbourLists(keys=keys, ids=ids, sims=sims)
+
+
+def _merge_added(previous: NeighbourLists, keys: np.ndarray, vectors: np.ndarray
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``previous`` lists carried over to the rows named ``keys`` (vectors ``vectors``), with the rows it
+    lacked merged in: lists (ids, sims), and how many leading neighbours of each are known exactly.
+
+    A previous list is an exact prefix: rows missing from it are no nearer than
+    its last entry. After dropping removed rows and merging in the added ones,
+    the entries at least as near as that bound are still exact; an added row
+    (no previous list) knows none.
+    """
+    stored = previous.depth
+    position = {key: row for row, key in enumerate(keys.tolist())}
+    old_to_new = np.array([position.get(key, -1) for key in previous.keys.tolist()], dtype=np.int64)
+    new_to_old = np.full(len(keys), -1, dtype=np.int64)
+    new_to_old[old_to_new[old_to_new >= 0]] = np.flatnonzero(old_to_new >= 0)
+    kept, added = np.flatnonzero(new_to_old >= 0), np.flatnonzero(new_to_old < 0)
+    old_ids, old_sims = previous.ids[new_to_old[kept]], previous.sims[new_to_old[kept]]
+    listed = old_ids >= 0
+    bound = np.where(listed, old_sims, np.inf).min(axis=1)
+    mapped = np.where(listed, old_to_new[np.maximum(old_ids, 0)], -1)
+    merged_ids = np.concatenate([mapped, np.broadcast_to(added, (len(kept), len(added)))], axis=1)
+    merged_sims = np.concatenate([np.where(mapped >= 0, old_sims, -np.inf),
+                                  vectors[kept] @ vectors[added].T], axis=1).astype(np.float32)
+    exact = (merged_ids >= 0) & (merged_sims >= bound[:, None])
+    changed = np.flatnonzero((mapped < 0).any(axis=1) | exact[:, stored:].any(axis=1))
+    ids = np.full((len(keys), stored), -1, np.int32)
+    sims = np.full((len(keys), stored), -np.inf, np.float32)
+    ids[kept], sims[kept] = merged_ids[:, :stored], merged_sims[:, :stored]
+    order = np.argsort(-merged_sims[changed], axis=1, kind="stable")[:, :stored]
+    ids[kept[changed]] = np.take_along_axis(merged_ids[changed], order, axis=1)
+    sims[kept[changed]] = np.take_along_axis(merged_sims[changed], order, axis=1)
+    known = np.zeros(len(keys), dtype=np.int64)
+    known[kept] = exact.sum(axis=1)
+    unknown = np.arange(stored)[None, :] >= known[:, None]
+    ids[unknown], sims[unknown] = -1, -np.inf
+    return ids, sims, known
 
 
 def _nearest_auto_threshold(index: PrototypeIndex, n_intents: int

@@ -73,11 +73,14 @@ class PrototypeIndex:
         return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
 
 
-def search_on_one_thread() -> None:
-    """Make every FAISS search of this process single-threaded, once, at start (the sidecar's).
+def search_on_this_thread_alone() -> None:
+    """Make the calling thread's FAISS searches single-threaded.
 
-    A served batch is a few dozen queries: OpenMP's threads would add nothing
-    but their spinning after each parallel region, which burns a core the
-    encoder needs. Set once for the process, never per request.
+    OpenMP keeps the thread count per calling thread: a limit set in the main
+    thread (``threadpoolctl``'s too) does not reach other threads. So the
+    sidecar's decision thread calls this when it starts (a served batch is a
+    few dozen queries: OpenMP's threads would add nothing but their spinning,
+    on the core the encoder needs), and so does a build's search beside its
+    fits. Set once per thread, never per request.
     """
     faiss.omp_set_num_threads(1)

@@ -15,7 +15,7 @@ using a built catalog does not import scikit-learn.
 
 from __future__ import annotations
 
-from collections import Counter
+from itertools import chain
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -61,6 +61,25 @@ def _word_ngrams(word: str) -> list[str]:
     return grams
 
 
+def _gram_counts(texts: Sequence[str]) -> tuple[list[str], sparse.csr_matrix]:
+    """Every n-gram of ``texts`` (as :func:`char_wb_ngrams` cuts them), and how often each text has each:
+    a (texts, n-grams) count matrix. Each distinct word is cut once."""
+    word_ids: dict[str, int] = {}
+    tokens = [[word_ids.setdefault(word, len(word_ids)) for word in text.lower().split()] for text in texts]
+    gram_ids: dict[str, int] = {}
+    per_word = [np.array([gram_ids.setdefault(gram, len(gram_ids)) for gram in _word_ngrams(word)], dtype=np.int64)
+                for word in word_ids]
+    words = np.fromiter(chain.from_iterable(tokens), dtype=np.int64)
+    sizes = np.array([len(grams) for grams in per_word], dtype=np.int64)
+    columns = np.concatenate([per_word[word] for word in words.tolist()] or [np.zeros(0, np.int64)])
+    rows = np.repeat(np.repeat(np.arange(len(texts)), [len(words_of) for words_of in tokens]),
+                     sizes[words] if len(words) else np.zeros(0, np.int64))
+    counts = sparse.csr_matrix((np.ones(len(columns), dtype=np.int64), (rows, columns)),
+                               shape=(len(texts), len(gram_ids)))
+    counts.sum_duplicates()
+    return list(gram_ids), counts
+
+
 class CharNgrams:
     """Character n-gram TF-IDF features over a fixed vocabulary (rows are L2-normalised)."""
 
@@ -73,15 +92,19 @@ class CharNgrams:
     def fit_transform(cls, texts: Sequence[str]) -> tuple["CharNgrams", sparse.csr_matrix]:
         """Learn the vocabulary and IDF weights of ``texts`` (n-grams in at least :data:`MIN_TEXTS` of them).
 
-        Returns the featuriser and the features of ``texts`` (each text analysed once).
+        Returns the featuriser and the features of ``texts``, the values :meth:`transform` gives.
         IDF is scikit-learn's smoothed one: ``ln((1 + texts) / (1 + texts with the n-gram)) + 1``.
+        The n-grams are counted in one sparse matrix (:func:`_gram_counts`), not text by text.
         """
-        analysed = list(_analyse(texts))
-        in_texts = Counter(gram for grams in analysed for gram in set(grams))
-        vocabulary = sorted(gram for gram, count in in_texts.items() if count >= MIN_TEXTS)
-        counts = np.array([in_texts[gram] for gram in vocabulary], dtype=np.float64)
-        featuriser = cls(np.array(vocabulary, dtype=str), np.log((1 + len(analysed)) / (1 + counts)) + 1)
-        return featuriser, featuriser._rows(analysed)
+        grams, counts = _gram_counts(texts)
+        in_texts = np.bincount(counts.indices, minlength=len(grams))
+        chosen = np.array(sorted(np.flatnonzero(in_texts >= MIN_TEXTS).tolist(), key=grams.__getitem__),
+                          dtype=np.int64)
+        featuriser = cls(np.array([grams[gram] for gram in chosen.tolist()], dtype=str),
+                         np.log((1 + len(texts)) / (1 + in_texts[chosen].astype(np.float64))) + 1)
+        column = np.full(len(grams), -1, dtype=np.int64)
+        column[chosen] = np.arange(len(chosen))
+        return featuriser, featuriser._weigh(counts, column)
 
     @property
     def size(self) -> int:
@@ -110,6 +133,26 @@ class CharNgrams:
             indptr.append(indptr[-1] + len(columns))
         return sparse.csr_matrix((np.concatenate(values), np.concatenate(indices), np.array(indptr, dtype=np.int32)),
                                  shape=(len(indptr) - 1, self.size))
+
+    def _weigh(self, counts: sparse.csr_matrix, column: np.ndarray) -> sparse.csr_matrix:
+        """The rows :meth:`_rows` makes, from n-gram counts (texts, n-grams) and each n-gram's column (-1: none).
+
+        The row norms are taken row by row, as :meth:`_rows` takes them, so the values are the same bits.
+        """
+        found = counts.tocoo()
+        columns = column[found.col]
+        kept = columns >= 0
+        rows = sparse.csr_matrix((found.data[kept], (found.row[kept], columns[kept])),
+                                 shape=(counts.shape[0], self.size))
+        rows.sort_indices()
+        values = (1.0 + np.log(rows.data.astype(np.float32))) * self.idf[rows.indices]
+        for start, end in zip(rows.indptr[:-1].tolist(), rows.indptr[1:].tolist()):
+            weights = values[start:end]
+            norm = float(np.sqrt(weights @ weights))
+            if norm > 0:
+                values[start:end] = weights / norm
+        return sparse.csr_matrix((values, rows.indices.astype(np.int32), rows.indptr.astype(np.int32)),
+                                 shape=rows.shape)
 
     def state(self) -> dict[str, np.ndarray]:
         """The arrays the constructor takes back (plain strings and floats, no pickles)."""

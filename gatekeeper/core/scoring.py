@@ -205,24 +205,43 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     ``init`` is an earlier head of the same shape to start from (a warm start:
     same optimum, fewer iterations); ``tol`` is the solver's gradient tolerance.
     """
+    weights, bias, _ = fit_head_with_gradient(inputs, labels, n_intents, init, tol)
+    return weights, bias
+
+
+def fit_head_with_gradient(inputs: HeadInputs, labels: np.ndarray, n_intents: int, init: Head | None = None,
+                           tol: float = HEAD_TOL, tilt: Head | None = None, workers: int = 1
+                           ) -> tuple[np.ndarray, np.ndarray, Head]:
+    """:func:`fit_head`, also returning the objective's gradient where the solver stopped, laid out as a
+    head (weight rows, bias row; zeros for absent classes).
+
+    ``tilt`` is such a gradient of an earlier fit whose head is ``init``: the
+    fit then learns what changed since; ``workers`` threads share each step's
+    rows (see :func:`gatekeeper.head_solver.fit_multinomial`).
+    """
     negatives = labels == OUT_OF_SCOPE
     use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
     keep = np.ones(len(labels), bool) if use_negatives else ~negatives
     n_classes = n_intents + (1 if use_negatives else 0)
     present, targets = np.unique(np.where(negatives, n_intents, labels)[keep], return_inverse=True)
-    start = None
+    start, shift = None, None
     if init is not None and init[0].shape == (inputs.shape[1], n_classes):
         start_bias = init[1][present]
         start = init[0][:, present], np.where(start_bias == ABSENT_CLASS_BIAS, 0.0, start_bias)
+        if tilt is not None and tilt[0].shape == init[0].shape:
+            shift = np.vstack([tilt[0][:, present], tilt[1][None, present]])
     # scikit-learn fits two classes as one binary model, penalising its one weight vector, the difference
     # of the two columns here: twice the penalty on the columns gives the same optimum.
     penalty = (2.0 if len(present) == 2 else 1.0) / (HEAD_C * len(targets))
-    fitted = fit_multinomial(inputs[keep], targets, len(present), penalty, tol, HEAD_MAX_ITER, start)
+    fitted = fit_multinomial(inputs[keep], targets, len(present), penalty, tol, HEAD_MAX_ITER, start, shift,
+                             workers)
     weights = np.zeros((inputs.shape[1], n_classes), dtype=np.float32)
     bias = np.full(n_classes, ABSENT_CLASS_BIAS, dtype=np.float32)
+    gradient = np.zeros((inputs.shape[1] + 1, n_classes), dtype=np.float32)
     weights[:, present] = fitted.weights
     bias[present] = fitted.bias
-    return weights, bias
+    gradient[:, present] = fitted.gradient
+    return weights, bias, (gradient[:-1], gradient[-1])
 
 
 def uses_head(labels: np.ndarray, n_intents: int, own_intents: Sequence[int] | None = None) -> bool:

@@ -49,6 +49,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from gatekeeper.core.index import search_on_this_thread_alone
 from gatekeeper.embedders import Embedder, EmbeddingError
 
 log = logging.getLogger(__name__)
@@ -193,7 +194,9 @@ class _Lane:
         self._arrived: asyncio.Event | None = None
         self._worker: asyncio.Task | None = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
-        self._decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name.replace("encoder", "decider"))
+        # The decision thread's FAISS searches run on it alone (OpenMP's thread count is per thread).
+        self._decider = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name.replace("encoder", "decider"),
+                                           initializer=search_on_this_thread_alone)
 
     async def embed(self, embedder: Embedder, texts: list[str], finish: Finish | None = None,
                     payload: Any = None) -> Any:

@@ -24,7 +24,6 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # SIGHUP means reload: never let one end a starting server
     import uvicorn
 
-    from gatekeeper.core.index import search_on_one_thread
     from gatekeeper.logs import configure_logging
     from gatekeeper.server.app import create_app
 
@@ -34,7 +33,6 @@ def run(args: argparse.Namespace) -> int:
     print("gatekeeper serve: effective configuration (source in brackets)", flush=True)
     print(describe(settings, sources), flush=True)
     load_catalog(settings.catalog)  # a bad catalog is a usage error (exit 2), before anything starts
-    search_on_one_thread()
     app = create_app(settings)
     # The ~200k objects of the imported libraries move out of the cyclic GC's sight: a full
     # collection then takes ~1 ms instead of ~100 ms, the pause behind the p99 under load.

@@ -1,7 +1,8 @@
 """A catalog's built artifacts on disk: the state folder, saved under a fingerprint and reused until stale.
 
-The folder holds the FAISS index and its labels, the scorer's arrays, the heads
-(for the next build to start from) and ``meta.json``, written last: a folder
+The folder holds the FAISS index and its labels, the scorer's arrays, what the
+next build starts from (the heads, the full head's last gradient, the rows'
+neighbour lists) and ``meta.json``, written last: a folder
 without it is an unfinished save and is ignored. Loading with another
 fingerprint (other texts, model or format) gives None, and the caller rebuilds.
 """
@@ -17,7 +18,7 @@ import numpy as np
 
 from gatekeeper import environment
 from gatekeeper.catalog.schema import Catalog
-from gatekeeper.core.fit import Artifacts, ProgressCallback, artifact_fingerprint, build_artifacts
+from gatekeeper.core.fit import Artifacts, NeighbourLists, ProgressCallback, artifact_fingerprint, build_artifacts
 from gatekeeper.core.head_fitting import Heads
 from gatekeeper.core.index import PrototypeIndex
 from gatekeeper.core.scoring import load_scorer
@@ -28,6 +29,7 @@ _INDEX_FILE = "prototypes.faiss"
 _LABELS_FILE = "prototypes.npz"
 _SCORER_FILE = "scorer.npz"
 _HEADS_FILE = "heads.npz"
+_NEIGHBOURS_FILE = "neighbours.npz"
 _META_FILE = "meta.json"
 
 
@@ -52,17 +54,23 @@ def load_or_build(catalog: Catalog, catalog_path: str | Path, embedder: Embedder
             return loaded, False
     with closing(EmbeddingCache(folder.parent / "embeddings.sqlite")) as cache:
         artifacts, heads = build_artifacts(catalog, embedder, cache=cache, progress=progress,
-                                           previous=load_heads(folder, catalog.intent_names()))
+                                           previous=load_heads(folder, catalog.intent_names()),
+                                           previous_neighbours=load_neighbours(folder, embedder.fingerprint))
     save_artifacts(folder, artifacts, heads)
     return artifacts, True
 
 
 def save_artifacts(folder: Path, artifacts: Artifacts, heads: Heads | None = None) -> None:
-    """Write ``artifacts`` (and ``heads``, for the next build to start from) to ``folder``; its metadata last."""
+    """Write ``artifacts`` to ``folder``, its metadata last; with ``heads``, also what the next build starts
+    from (the heads and the neighbour lists)."""
     folder.mkdir(parents=True, exist_ok=True)
     np.savez(folder / _SCORER_FILE, **artifacts.scorer.state())
     if heads is not None:
         save_heads(folder, artifacts.meta["intents"], heads)
+    if heads is not None and artifacts.neighbours is not None:
+        lists = artifacts.neighbours
+        np.savez(folder / _NEIGHBOURS_FILE, model=np.array(artifacts.meta["model"]), keys=lists.keys, ids=lists.ids,
+                 sims=lists.sims)
     save_index(folder, artifacts.index, artifacts.meta)
 
 
@@ -112,6 +120,8 @@ def save_heads(folder: Path, intents: list[str], heads: Heads) -> None:
               "full_weights": heads.full[0], "full_bias": heads.full[1]}
     for fold, (weights, bias) in enumerate(heads.folds):
         arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"] = weights, bias
+    if heads.full_gradient is not None:
+        arrays["full_gradient_weights"], arrays["full_gradient_bias"] = heads.full_gradient
     np.savez(folder / _HEADS_FILE, **arrays)
 
 
@@ -121,10 +131,23 @@ def load_heads(folder: Path, intents: list[str]) -> Heads | None:
         with np.load(folder / _HEADS_FILE) as arrays:
             if arrays["intents"].tolist() != intents:
                 return None
-            n_folds = sum(1 for key in arrays.files if key.endswith("_weights")) - 1
+            n_folds = sum(1 for key in arrays.files if key.startswith("fold") and key.endswith("_weights"))
+            gradient = ((arrays["full_gradient_weights"], arrays["full_gradient_bias"])
+                        if "full_gradient_weights" in arrays.files else None)
             return Heads(full=(arrays["full_weights"], arrays["full_bias"]),
                          folds=[(arrays[f"fold{fold}_weights"], arrays[f"fold{fold}_bias"])
                                 for fold in range(n_folds)],
-                         vocabulary=arrays["vocabulary"])
+                         vocabulary=arrays["vocabulary"], full_gradient=gradient)
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def load_neighbours(folder: Path, model: str) -> NeighbourLists | None:
+    """The neighbour lists saved in ``folder`` if their vectors came from ``model``, else None."""
+    try:
+        with np.load(folder / _NEIGHBOURS_FILE) as arrays:
+            if str(arrays["model"]) != model:
+                return None
+            return NeighbourLists(keys=arrays["keys"], ids=arrays["ids"], sims=arrays["sims"])
     except (OSError, KeyError, ValueError):
         return None
