@@ -246,8 +246,10 @@ def fit_head(inputs: HeadInputs, labels: np.ndarray, n_intents: int,
     return weights, bias
 
 
-def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
-    """Logistic regression of in-scope (True) vs out-of-scope on standardised features."""
+def fit_calibrator(features: np.ndarray, in_scope: np.ndarray, weights: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, float, np.ndarray, np.ndarray]:
+    """Logistic regression of in-scope (True) vs out-of-scope on standardised features, each row weighing
+    ``weights`` (default 1) before the classes are balanced."""
     # Imported at fit time only: loading a built catalog stays light.
     from sklearn.linear_model import LogisticRegression
 
@@ -256,7 +258,7 @@ def fit_calibrator(features: np.ndarray, in_scope: np.ndarray) -> tuple[np.ndarr
     scale[scale < 1e-9] = 1.0
     model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
     with single_threaded():
-        model.fit((features - mean) / scale, in_scope.astype(int))
+        model.fit((features - mean) / scale, in_scope.astype(int), sample_weight=weights)
     return model.coef_[0], float(model.intercept_[0]), mean, scale
 
 
