@@ -330,7 +330,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     in_scope = labels != OUT_OF_SCOPE
     unseen = features[from_pack].copy()
     unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
-    unseen_intent = (_unseen_intent_features(index, logits)
+    unseen_intent = (_unseen_intent_features(index, logits, own_intents)
                      if _median_examples(labels, n_intents, own_intents) >= UNSEEN_INTENT_MIN_EXAMPLES
                      else np.zeros((0, 3)))
     if in_scope.all():
@@ -355,17 +355,19 @@ def _intent_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_in
     return np.asarray(inputs @ weights + bias)[:, :n_intents]
 
 
-def _unseen_intent_features(index: PrototypeIndex, logits: np.ndarray) -> np.ndarray:
-    """Calibrator features of each intent example as a message of an intent the catalog lacks: the best
-    cross-fitted ``logits`` (n, K) of the other intents, and the two cosines with every example of its intent
-    left out of the index (:func:`_left_out_neighbours`). Empty with fewer than two intents.
+def _unseen_intent_features(index: PrototypeIndex, logits: np.ndarray, own_intents: list[int]) -> np.ndarray:
+    """Calibrator features of each example of the catalog's ``own_intents`` as a message of an intent the
+    catalog lacks: the best cross-fitted ``logits`` (n, K) of the other intents, and the two cosines with every
+    example of its intent left out of the index (:func:`_left_out_neighbours`). Empty with fewer than two
+    intents. A pack's intents (greetings, thanks) are not used: they are in scope in every catalog with the
+    pack, and as negatives they taught ``auto`` to refuse short conversational turns.
 
     These are near-miss negatives in the spirit of leave-one-class-out validation
     for open-set recognition: off-topic traffic often asks for something close to the catalog's
     intents, which neither the pack nor the catalog's own ``out_of_scope`` rows describe.
     """
     labels = index.labels
-    rows = np.flatnonzero(labels != OUT_OF_SCOPE)
+    rows = np.flatnonzero(np.isin(labels, own_intents))
     if logits.shape[1] < 2 or len(rows) == 0:
         return np.zeros((0, 3))
     others = logits[rows].copy()

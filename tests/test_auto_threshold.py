@@ -51,7 +51,7 @@ def test_unseen_intent_features_hide_the_example_s_whole_intent():
     vectors = unit([1, 0, 0], [1, 0.2, 0], [0.6, 1, 0], [0.5, 1, 0.2], [0, 0, 1])
     index = PrototypeIndex.build(vectors, np.array([0, 0, 1, 1, OUT_OF_SCOPE]), hnsw=False)
     logits = np.array([[5.0, 1.0], [4.0, 2.0], [0.5, 3.0], [-1.0, 6.0], [0.0, 0.0]])
-    features = _unseen_intent_features(index, logits)
+    features = _unseen_intent_features(index, logits, [0, 1])
     sims = index.vectors @ index.vectors.T
     assert features.shape == (4, 3)  # the intents' examples only
     # the best logit of the other intent, and the nearest example of the other intent, not the sibling
@@ -60,7 +60,8 @@ def test_unseen_intent_features_hide_the_example_s_whole_intent():
     assert features[2, 1] == pytest.approx(max(sims[2, 0], sims[2, 1]), abs=1e-6)
     assert features[:, 2] == pytest.approx(sims[:4, 4], abs=1e-6)
     one_intent = PrototypeIndex.build(vectors[:2], np.array([0, 0]), hnsw=False)
-    assert _unseen_intent_features(one_intent, logits[:2, :1]).shape == (0, 3)
+    assert _unseen_intent_features(one_intent, logits[:2, :1], [0]).shape == (0, 3)
+    assert len(_unseen_intent_features(index, logits, [1])) == 2  # intent 0 a pack's: its examples not used
 
 
 def test_median_examples_counts_the_catalog_s_own_intents_only():
