@@ -41,12 +41,6 @@ AUTO_NEGATIVES_ACCEPTED = 0.1
 #: lacks, in the ``auto`` calibrator's fit (other rows weigh 1). Chosen on CLINC150's and SMP2017's 10-shot
 #: catalogs (docs/quality.md): at full weight these near misses cost SMP2017 a tenth of its OOS recall.
 UNSEEN_INTENT_WEIGHT = 0.2
-#: Examples per intent (median over the catalog's own intents) from which examples stand in for unseen intents.
-#: With fewer, an example's cross-fitted logit for its own intent is barely above the others' (its head saw one or
-#: two siblings), so with its intent hidden it looks like an in-scope message, and the calibrator learnt to
-#: distrust the logit: the 2-example catalog of ``tests/test_small_catalogs.py`` accepted 7 of 15 paraphrases
-#: instead of 10.
-UNSEEN_INTENT_MIN_EXAMPLES = 5
 
 #: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
 #: then ("fit", heads fitted, heads in all).
@@ -292,9 +286,9 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     A pack message is used twice, with its nearest negative found with and
     without its own pack category: off-topic traffic is partly on topics some
     negative describes and partly on topics none does. With two intents or
-    more and :data:`UNSEEN_INTENT_MIN_EXAMPLES` examples per intent, each
-    example is also used as off-topic traffic on an intent the catalog lacks
-    (:func:`_unseen_intent_features`, weighted :data:`UNSEEN_INTENT_WEIGHT`). The ``auto`` threshold
+    more, each example of the catalog's own intents is also used as off-topic
+    traffic on an intent the catalog lacks (:func:`_unseen_intent_features`,
+    weighted :data:`UNSEEN_INTENT_WEIGHT`). The ``auto`` threshold
     rejects :data:`DEFAULT_MAX_FALSE_REJECT` of the examples' held-out scores
     (docs/quality.md, "Few-shot catalogs", compares it with test sets).
     """
@@ -330,9 +324,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     in_scope = labels != OUT_OF_SCOPE
     unseen = features[from_pack].copy()
     unseen[:, 1], unseen[:, 2] = _left_out_neighbours(index, groups, np.flatnonzero(from_pack))
-    unseen_intent = (_unseen_intent_features(index, logits, own_intents)
-                     if _median_examples(labels, n_intents, own_intents) >= UNSEEN_INTENT_MIN_EXAMPLES
-                     else np.zeros((0, 3)))
+    unseen_intent = _unseen_intent_features(index, logits, own_intents)
     if in_scope.all():
         # No negatives: the score is the standardised head logit, squashed to (0, 1).
         mean, scale = features.mean(axis=0), np.maximum(features.std(axis=0), 1e-9)
@@ -377,12 +369,6 @@ def _unseen_intent_features(index: PrototypeIndex, logits: np.ndarray, own_inten
     intents = np.where(labels != OUT_OF_SCOPE, labels, -1).astype(np.int32)
     features[:, 1], features[:, 2] = _left_out_neighbours(index, intents, rows)
     return features
-
-
-def _median_examples(labels: np.ndarray, n_intents: int, own_intents: list[int]) -> float:
-    """The median number of index rows (examples and description) of the catalog's own intents."""
-    counts = np.bincount(labels[labels != OUT_OF_SCOPE], minlength=n_intents)
-    return float(np.median(counts[own_intents])) if own_intents else 0.0
 
 
 def _fit_auto_calibrator(features: np.ndarray, in_scope: np.ndarray, unseen_topic: np.ndarray,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gatekeeper.build import (_left_out_neighbours, _median_examples, _unseen_intent_features, auto_estimate,
+from gatekeeper.build import (_left_out_neighbours, _unseen_intent_features, auto_estimate,
                               describe_auto_estimate)
 from gatekeeper.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
@@ -62,12 +62,6 @@ def test_unseen_intent_features_hide_the_example_s_whole_intent():
     one_intent = PrototypeIndex.build(vectors[:2], np.array([0, 0]), hnsw=False)
     assert _unseen_intent_features(one_intent, logits[:2, :1], [0]).shape == (0, 3)
     assert len(_unseen_intent_features(index, logits, [1])) == 2  # intent 0 a pack's: its examples not used
-
-
-def test_median_examples_counts_the_catalog_s_own_intents_only():
-    labels = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, OUT_OF_SCOPE])
-    assert _median_examples(labels, 3, [0, 1]) == 2.5  # intent 2 (a pack's) is not counted
-    assert _median_examples(labels, 3, []) == 0.0
 
 
 def test_auto_estimate_reports_rates_with_intervals():
