@@ -361,7 +361,8 @@ def format_estimate(estimate: dict) -> str:
 
     return (f"{'':<9} {'':<38} estimated: false rejects {rate(estimate['false_reject_rate'])}; off topic refused "
             f"{rate(estimate['off_topic_recall'])} (pack {rate(estimate['pack_recall'])}, its topic unseen "
-            f"{rate(estimate.get('unseen_topic_recall'))}, catalog's own "
+            f"{rate(estimate.get('unseen_topic_recall'))}, examples with their intent unseen "
+            f"{rate(estimate.get('unseen_intent_recall'))}, catalog's own "
             f"{rate(estimate['catalog_out_of_scope_recall'])})")
 
 

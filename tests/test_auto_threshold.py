@@ -8,10 +8,21 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gatekeeper.core.fit import (NeighbourLists, _left_out_from_lists, _left_out_neighbours, _search_depth, auto_estimate,
-                              describe_auto_estimate, neighbour_lists, text_keys)
+from gatekeeper.core.fit import (NeighbourLists, _left_out_from_lists, _search_depth, _unseen_intent_features,
+                                auto_estimate, describe_auto_estimate, neighbour_lists, text_keys)
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
 from gatekeeper.core.thresholds import per_intent_false_reject, rate_with_interval, wilson_interval
+
+
+def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None, rows: np.ndarray | None = None
+                         ) -> tuple[np.ndarray, np.ndarray]:
+    """The build's left-out cosines from a fresh search of ``rows`` (default all): the reference the saved and
+    merged neighbour lists must agree with."""
+    rows = np.arange(len(index.labels)) if rows is None else rows
+    if len(rows) == 0:
+        return np.zeros(0), np.zeros(0)
+    sims, ids = index.search(index.vectors[rows], _search_depth(groups))
+    return _left_out_from_lists(index.labels, sims, ids, groups, np.arange(len(rows)), rows)
 
 
 def unit(*rows: list[float]) -> np.ndarray:
@@ -96,22 +107,44 @@ def test_neighbours_can_leave_a_whole_group_out(index):
     assert len(empty[0]) == len(empty[1]) == 0
 
 
+def test_unseen_intent_features_hide_the_example_s_whole_intent():
+    # rows 0-1: intent 0; rows 2-3: intent 1; row 4: a negative
+    vectors = unit([1, 0, 0], [1, 0.2, 0], [0.6, 1, 0], [0.5, 1, 0.2], [0, 0, 1])
+    index = PrototypeIndex.build(vectors, np.array([0, 0, 1, 1, OUT_OF_SCOPE]), hnsw=False)
+    logits = np.array([[5.0, 1.0], [4.0, 2.0], [0.5, 3.0], [-1.0, 6.0], [0.0, 0.0]])
+    intents = np.array([0, 0, 1, 1, -1], dtype=np.int32)
+    lists = neighbour_lists(index, np.arange(5, dtype=np.uint64), _search_depth(intents))
+    features = _unseen_intent_features(index.labels, logits, [0, 1], lists)
+    sims = index.vectors @ index.vectors.T
+    assert features.shape == (4, 3)  # the intents' examples only
+    # the best logit of the other intent, and the nearest example of the other intent, not the sibling
+    assert features[:, 0] == pytest.approx([1.0, 2.0, 0.5, -1.0])
+    assert features[0, 1] == pytest.approx(max(sims[0, 2], sims[0, 3]), abs=1e-6)
+    assert features[2, 1] == pytest.approx(max(sims[2, 0], sims[2, 1]), abs=1e-6)
+    assert features[:, 2] == pytest.approx(sims[:4, 4], abs=1e-6)
+    assert _unseen_intent_features(index.labels[:2], logits[:2, :1], [0], lists).shape == (0, 3)
+    assert len(_unseen_intent_features(index.labels, logits, [1], lists)) == 2  # intent 0 a pack's: not used
+
+
 def test_auto_estimate_reports_rates_with_intervals():
     in_scope = np.r_[np.full(95, 0.9), np.full(5, 0.1)]
     negatives = np.r_[np.full(8, 0.1), np.full(2, 0.9)]
     estimate = auto_estimate(0.5, in_scope, negatives, from_pack=np.r_[np.ones(6, bool), np.zeros(4, bool)],
-                             unseen_topic_scores=np.array([0.1, 0.9, 0.9]), basis="test")
+                             unseen_topic_scores=np.array([0.1, 0.9, 0.9]), basis="test",
+                             unseen_intent_scores=np.array([0.1, 0.9]))
     assert estimate["false_reject_rate"] == rate_with_interval(in_scope < 0.5)
     assert estimate["false_reject_rate"]["rate"] == pytest.approx(0.05)
     assert estimate["off_topic_recall"]["rate"] == pytest.approx(0.8)
     assert estimate["pack_recall"]["rate"] == pytest.approx(1.0) and estimate["pack_recall"]["n"] == 6
     assert estimate["catalog_out_of_scope_recall"]["rate"] == pytest.approx(0.5)
     assert estimate["unseen_topic_recall"]["rate"] == pytest.approx(1 / 3)
+    assert estimate["unseen_intent_recall"]["rate"] == pytest.approx(0.5)
     low, high = wilson_interval(5, 100)
     assert (estimate["false_reject_rate"]["low"], estimate["false_reject_rate"]["high"]) == pytest.approx((low, high))
     assert low < 0.05 < high
     line = describe_auto_estimate(estimate)
     assert line.startswith("in scope refused 5.0% (95% ") and "pack, its topic unseen 33.3%" in line
+    assert "examples, their intent unseen 50.0%" in line
     assert "not estimated" in describe_auto_estimate(auto_estimate(0.5, None, None))
     assert "rebuild" in describe_auto_estimate(None)
 

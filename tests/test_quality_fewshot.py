@@ -69,6 +69,7 @@ def test_auto_threshold_meets_the_targets_on_a_10_shot_catalog(few_shot_catalog,
     assert false_rejects["low"] <= false_rejects["rate"] <= 0.05 <= false_rejects["high"]
     assert recall["low"] <= recall["rate"] <= recall["high"] and estimate["pack_recall"] == recall
     assert estimate["unseen_topic_recall"]["rate"] < recall["rate"]  # topics no negative describes: harder
+    assert estimate["unseen_intent_recall"]["n"] == SHOTS * 30  # each example, its intent left out
     assert estimate["catalog_out_of_scope_recall"] is None  # the catalog has no out-of-scope examples
 
     measured = metrics(score_rows(gate, rows("test"), {"chat"}, show_progress=False),

@@ -34,8 +34,9 @@ class Calibrator:
         object.__setattr__(self, "bias", float(self.bias))
 
     @classmethod
-    def fit(cls, features: np.ndarray, in_scope: np.ndarray) -> "Calibrator":
-        """Logistic regression of in-scope (True) against out-of-scope rows, classes balanced."""
+    def fit(cls, features: np.ndarray, in_scope: np.ndarray, weights: np.ndarray | None = None) -> "Calibrator":
+        """Logistic regression of in-scope (True) against out-of-scope rows, each row weighing ``weights``
+        (default 1) before the classes are balanced."""
         # Imported at fit time only (:func:`import_solver`): loading a built catalog stays light.
         from sklearn.linear_model import LogisticRegression
 
@@ -44,7 +45,7 @@ class Calibrator:
         scale[scale < 1e-9] = 1.0
         model = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced")
         with single_threaded():
-            model.fit((features - mean) / scale, in_scope.astype(int))
+            model.fit((features - mean) / scale, in_scope.astype(int), sample_weight=weights)
         return cls(model.coef_[0], float(model.intercept_[0]), mean, scale)
 
     @classmethod
