@@ -204,7 +204,7 @@ class HeadScorer:
 def sparse_product(rows: TfidfRows | sparse.csr_matrix, weights: np.ndarray) -> np.ndarray:
     """``rows @ weights`` for CSR rows and dense float64 ``weights``: scipy's values (each row's terms added in
     order, from zero), without scipy's per-call checks, which cost more than the product for a few messages."""
-    terms = weights[rows.indices] * rows.data.astype(np.float64)[:, None]
+    terms = weights[rows.indices] * rows.data[:, None]  # float32 values widen exactly, as in scipy
     product = np.zeros((len(rows.indptr) - 1, weights.shape[1]))
     np.add.at(product, np.arange(len(product)).repeat(rows.indptr[1:] - rows.indptr[:-1]), terms)
     return product
