@@ -203,10 +203,16 @@ class HeadScorer:
 
 def sparse_product(rows: TfidfRows | sparse.csr_matrix, weights: np.ndarray) -> np.ndarray:
     """``rows @ weights`` for CSR rows and dense float64 ``weights``: scipy's values (each row's terms added in
-    order, from zero), without scipy's per-call checks, which cost more than the product for a few messages."""
+    order), without scipy's per-call checks, which cost more than the product for a few messages.
+
+    Each row is summed on its own, so its values do not depend on the other rows.
+    """
     terms = weights[rows.indices] * rows.data[:, None]  # float32 values widen exactly, as in scipy
     product = np.zeros((len(rows.indptr) - 1, weights.shape[1]))
-    np.add.at(product, np.arange(len(product)).repeat(rows.indptr[1:] - rows.indptr[:-1]), terms)
+    bounds = rows.indptr.tolist()
+    for row, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        if stop > start:  # summed along the rows' axis: in order, term by term
+            np.add.reduce(terms[start:stop], axis=0, out=product[row])
     return product
 
 
