@@ -279,6 +279,8 @@ class Gate:
         one n-gram transform, one head product, one index search)."""
         scored = self.router_.decide_vectors([prepared[i][0] for i in scorable], vectors,
                                              [prepared[i][1] for i in scorable])
+        if len(scored) == len(prepared):  # every message was scorable (the usual case)
+            return scored
         by_position = dict(zip(scorable, scored))
         return [by_position.get(i) or self.router_.empty_decision(text, reason or REASON_EMPTY)
                 for i, (text, _, reason) in enumerate(prepared)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from gatekeeper.core.index import PrototypeIndex
+from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
+from gatekeeper.core.scoring import SEARCH_K, nearest_similarities
 from gatekeeper.gate import Gate
 from gatekeeper.store.artifacts import load_index, save_index, state_dir
 from tests.conftest import INTENTS
@@ -24,6 +25,25 @@ def test_flat_search_is_exact():
     np.testing.assert_array_equal(ids[:, 0], brute.argmax(axis=1))
     np.testing.assert_allclose(sims[:, 0], brute.max(axis=1), atol=1e-5)
     assert index.kind == "flat"
+
+
+def test_nearest_similarities_are_the_per_intent_maxima_of_the_neighbours():
+    """Each intent's best cosine among the retrieved prototypes (else -1), and the best negative's (else -1);
+    also for an index smaller than the search depth, where HNSW pads its result with id -1."""
+    for size, hnsw in ((500, False), (5, True)):
+        vectors = random_unit(size, 16, 5)
+        labels = np.arange(size) % 5 - 1  # intents 0-3 and negatives
+        index = PrototypeIndex.build(vectors, labels, hnsw=hnsw)
+        queries = random_unit(8, 16, 6)
+        per_intent, negative = nearest_similarities(index, queries, 4)
+        sims, ids = index.faiss_index.search(queries, SEARCH_K)  # not clamped: the short index pads with -1
+        for row in range(len(queries)):
+            found = ids[row] >= 0
+            neighbours = dict.fromkeys(range(-1, 4), -1.0)
+            for sim, label in zip(sims[row][found], labels[ids[row][found]]):
+                neighbours[label] = max(neighbours[label], sim)
+            assert per_intent[row].tolist() == [neighbours[intent] for intent in range(4)]
+            assert negative[row] == neighbours[OUT_OF_SCOPE]
 
 
 def test_hnsw_finds_near_duplicates():

@@ -18,7 +18,7 @@ from gatekeeper.commands.import_cmd import document_from_pairs
 from gatekeeper.core.fit import build_artifacts
 from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids, realign
 from gatekeeper.core.lexical import MIN_TEXTS, NGRAM_RANGE, CharNgrams, char_wb_ngrams
-from gatekeeper.core.scoring import HeadScorer, head_inputs
+from gatekeeper.core.scoring import HeadScorer, head_inputs, sparse_product
 from gatekeeper.gate import Gate
 from gatekeeper.measure.evaluation import metrics, score_rows
 from gatekeeper.store.artifacts import load_heads, state_dir
@@ -72,6 +72,20 @@ def test_fit_and_transform_equal_scikit_learns():
     assert ours.shape == theirs.shape and (ours != 0).toarray().tolist() == (theirs != 0).toarray().tolist()
     np.testing.assert_allclose(ours.toarray(), theirs.toarray(), atol=1e-6)
     assert lexical.transform([]).shape == (0, lexical.size)
+
+
+def test_scoring_rows_equal_transform_and_do_not_depend_on_the_batch():
+    """The scoring path's CSR arrays and product are bit for bit :meth:`transform`'s and scipy's, row by row."""
+    lexical, _ = CharNgrams.fit_transform(TEXTS)
+    probe = TEXTS + ["Balance!! balance?? 话费话费话费", "", "nothing known here: xyz", "查", "查话费 查话费"]
+    matrix, rows = lexical.transform(probe), lexical.rows(probe)
+    for ours, theirs in zip(rows, (matrix.indptr, matrix.indices, matrix.data)):
+        assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs)
+    weights = np.random.default_rng(0).normal(size=(lexical.size, 4))
+    product = sparse_product(rows, weights)
+    assert np.array_equal(product, matrix @ weights)
+    for row, text in enumerate(probe):
+        assert np.array_equal(sparse_product(lexical.rows([text]), weights)[0], product[row]), text
 
 
 def test_realign_moves_rows_to_the_new_vocabulary():

@@ -7,7 +7,7 @@ below :data:`HNSW_CROSSOVER` prototypes and HNSW above it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import faiss
 import numpy as np
@@ -28,6 +28,8 @@ class PrototypeIndex:
 
     labels: np.ndarray
     faiss_index: faiss.Index
+    #: :meth:`label_columns` by intent count, made once per index.
+    _columns: dict[int, np.ndarray] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
     def build(cls, vectors: np.ndarray, labels: np.ndarray, hnsw: bool | None = None) -> "PrototypeIndex":
@@ -71,6 +73,19 @@ class PrototypeIndex:
         """The ``k`` most similar prototypes of each query: (similarities, prototype ids), both (n, k)."""
         k = min(k, len(self))
         return self.faiss_index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+
+    def label_columns(self, n_intents: int) -> np.ndarray:
+        """Each prototype's column in a table of ``n_intents + 1`` columns, indexed by prototype id.
+
+        An intent's prototypes map to its id; negatives, and the id -1 FAISS
+        pads a short result with (the extra last entry), to ``n_intents``.
+        Made once per intent count: searches index it with their ids.
+        """
+        columns = self._columns.get(n_intents)
+        if columns is None:
+            labels = np.append(self.labels, OUT_OF_SCOPE).astype(np.intp)
+            columns = self._columns[n_intents] = np.where(labels == OUT_OF_SCOPE, n_intents, labels)
+        return columns
 
 
 def search_on_this_thread_alone() -> None:

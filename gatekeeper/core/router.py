@@ -76,6 +76,7 @@ class Router:
         self._actions = ["reply" if intent.action == ACTION_CONTINUE else intent.action for intent in catalog.intents]
         self._continues = [intent.action == ACTION_CONTINUE for intent in catalog.intents]
         self._tags = [list(intent.tags) for intent in catalog.intents]
+        self._thresholds = [float(value) for value in thresholds.per_intent]
 
     def decide_vectors(self, texts: list[str], vectors: np.ndarray, truncated: list[bool]) -> list[Decision]:
         """Decide messages whose (normalised) texts were embedded as ``vectors``."""
@@ -85,23 +86,23 @@ class Router:
 
     def decide_scores(self, texts: list[str], batch: ScoreBatch, truncated: list[bool]) -> list[Decision]:
         """Turn a :class:`ScoreBatch` into decisions."""
-        best = batch.intent_scores.argmax(axis=1)
+        best = batch.intent_scores.argmax(axis=1).tolist()
         k = min(TOP_K, batch.intent_scores.shape[1])
-        ranked = np.argsort(-batch.intent_scores, axis=1)[:, :k]
+        ranked = np.argsort(-batch.intent_scores, axis=1)[:, :k].tolist()
+        thresholds = self._thresholds
         decisions = []
-        for row, text in enumerate(texts):
-            intent_id = int(best[row])
-            score = float(batch.score[row])
-            threshold = float(self.thresholds.per_intent[intent_id])
+        for text, intent_id, score, nearest_negative, columns, scores, flag in zip(
+                texts, best, batch.score.tolist(), batch.nearest_out_of_scope.tolist(), ranked,
+                batch.intent_scores.tolist(), truncated):
+            threshold = thresholds[intent_id]
             accepted = score >= threshold
             reason = None
             if not accepted:
-                reason = REASON_NEAREST_OUT_OF_SCOPE if batch.nearest_out_of_scope[row] else REASON_BELOW_THRESHOLD
-            top = [IntentScore(self._names[j], round(float(batch.intent_scores[row, j]), 6)) for j in ranked[row]]
+                reason = REASON_NEAREST_OUT_OF_SCOPE if nearest_negative else REASON_BELOW_THRESHOLD
+            top = [IntentScore(self._names[j], round(scores[j], 6)) for j in columns]
             decisions.append(Decision(text=text, accepted=accepted, intent=self._names[intent_id],
                                       score=round(score, 6), threshold=round(threshold, 6),
-                                      margin=round(score - threshold, 6), reason=reason, top_k=top,
-                                      truncated=truncated[row],
+                                      margin=round(score - threshold, 6), reason=reason, top_k=top, truncated=flag,
                                       action=self._actions[intent_id] if accepted else ACTION_REJECT,
                                       tags=self._tags[intent_id]))
         return decisions

@@ -25,7 +25,7 @@ from scipy import sparse
 from gatekeeper.core.calibrator import Calibrator
 from gatekeeper.core.head_solver import HeadInputs, fit_multinomial
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex
-from gatekeeper.core.lexical import CharNgrams
+from gatekeeper.core.lexical import CharNgrams, TfidfRows
 
 #: Prototypes retrieved per query; enough to rank several intents.
 SEARCH_K = 16
@@ -81,15 +81,15 @@ def nearest_similarities(index: PrototypeIndex, queries: np.ndarray, n_intents: 
     Intents not among the ``SEARCH_K`` nearest prototypes get -1.
     """
     sims, ids = index.search(queries, SEARCH_K)
-    found = ids >= 0  # HNSW may return fewer than k neighbours, padded with id -1
-    labels = np.where(found, index.labels[ids], OUT_OF_SCOPE)
-    sims = np.where(found, sims, -1.0).astype(np.float32, copy=False)
-    inside = labels != OUT_OF_SCOPE
-    per_intent = np.full((len(queries), n_intents), -1.0, dtype=np.float32)
-    rows = np.broadcast_to(np.arange(len(queries))[:, None], labels.shape)
-    np.maximum.at(per_intent, (rows[inside], labels[inside]), sims[inside])
-    negative = np.where(inside, -1.0, sims).max(axis=1, initial=-1.0).astype(np.float32)
-    return per_intent, negative
+    # One table row per query: a column per intent and a last one for negatives (and for the id -1 HNSW pads a
+    # short result with, whose similarity is below -1, so it never counts).
+    width = n_intents + 1
+    cells = index.label_columns(n_intents)[ids]
+    cells += np.arange(0, len(queries) * width, width)[:, None]
+    table = np.full(len(queries) * width, -1.0, dtype=np.float32)
+    np.maximum.at(table, cells.ravel(), sims.ravel())
+    table = table.reshape(len(queries), width)
+    return table[:, :n_intents], table[:, n_intents]
 
 
 class NearestPrototypeScorer:
@@ -138,20 +138,20 @@ class HeadScorer:
         """Whether the head has an out-of-scope class (its last column)."""
         return self.head_weights.shape[1] == self._n_intents + 1
 
-    def lexical_rows(self, texts: Sequence[str]) -> sparse.csr_matrix | None:
-        """The n-gram features of ``texts``, or None when the head uses none."""
-        return None if self.lexical is None else self.lexical.transform(texts)
+    def lexical_rows(self, texts: Sequence[str]) -> TfidfRows | None:
+        """The n-gram features of ``texts`` (CSR arrays), or None when the head uses none."""
+        return None if self.lexical is None else self.lexical.rows(texts)
 
-    def features(self, queries: np.ndarray, lexical_rows: sparse.csr_matrix | None
+    def features(self, queries: np.ndarray, lexical_rows: TfidfRows | sparse.csr_matrix | None
                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Calibrator features (n, 3), head logits of the intents (n, K), and nearest-negative mask.
 
-        ``lexical_rows`` are the messages' :meth:`lexical_rows`.
+        ``lexical_rows`` are the messages' :meth:`lexical_rows` (or the same rows as a CSR matrix).
         """
         dim = queries.shape[1]
         logits = queries @ self.head_weights[:dim] + self.head_bias
         if lexical_rows is not None:
-            logits += lexical_rows @ self.head_weights[dim:]
+            logits += sparse_product(lexical_rows, self.head_weights[dim:])
         intent_logits = logits[:, :self._n_intents]
         best_logit = intent_logits.max(axis=1)
         per_intent, negative = nearest_similarities(self._index, queries, self._n_intents)
@@ -160,7 +160,8 @@ class HeadScorer:
             nearest_negative = logits[:, -1] > best_logit
         else:
             nearest_negative = negative > best_cos
-        features = np.stack([best_logit, best_cos, negative], axis=1).astype(np.float64)
+        features = np.empty((len(queries), 3))
+        features[:, 0], features[:, 1], features[:, 2] = best_logit, best_cos, negative
         return features, intent_logits, nearest_negative
 
     def score(self, queries: np.ndarray, texts: Sequence[str]) -> ScoreBatch:
@@ -178,6 +179,21 @@ class HeadScorer:
         """The head's, the calibrator's and the n-gram featuriser's parameters."""
         return {"head_weights": self.head_weights, "head_bias": self.head_bias, **self.calibrator.state(),
                 **(self.lexical.state() if self.lexical is not None else {})}
+
+
+def sparse_product(rows: TfidfRows | sparse.csr_matrix, weights: np.ndarray) -> np.ndarray:
+    """``rows @ weights`` for CSR rows and dense float64 ``weights``: scipy's values (each row's terms added in
+    order), without scipy's per-call checks, which cost more than the product for a few messages.
+
+    Each row is summed on its own, so its values do not depend on the other rows.
+    """
+    terms = weights[rows.indices] * rows.data[:, None]  # float32 values widen exactly, as in scipy
+    product = np.zeros((len(rows.indptr) - 1, weights.shape[1]))
+    bounds = rows.indptr.tolist()
+    for row, (start, stop) in enumerate(zip(bounds, bounds[1:])):
+        if stop > start:  # summed along the rows' axis: in order, term by term
+            np.add.reduce(terms[start:stop], axis=0, out=product[row])
+    return product
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -217,7 +233,7 @@ def fit_head_with_gradient(inputs: HeadInputs, labels: np.ndarray, n_intents: in
 
     ``tilt`` is such a gradient of an earlier fit whose head is ``init``: the
     fit then learns what changed since; ``workers`` threads share each step's
-    rows (see :func:`gatekeeper.head_solver.fit_multinomial`).
+    rows (see :func:`gatekeeper.core.head_solver.fit_multinomial`).
     """
     negatives = labels == OUT_OF_SCOPE
     use_negatives = negatives.sum() >= HEAD_MIN_NEGATIVES
