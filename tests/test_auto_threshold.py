@@ -21,8 +21,8 @@ def _left_out_neighbours(index: PrototypeIndex, groups: np.ndarray | None = None
     rows = np.arange(len(index.labels)) if rows is None else rows
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
-    sims, ids = index.search(index.vectors[rows], _search_depth(groups))
-    return _left_out_from_lists(index.labels, sims, ids, groups, np.arange(len(rows)), rows)
+    sims, ids = index.search(index.vectors, _search_depth(groups))
+    return _left_out_from_lists(index.labels, sims, ids, groups, rows)
 
 
 def unit(*rows: list[float]) -> np.ndarray:
@@ -112,8 +112,7 @@ def test_unseen_intent_features_hide_the_example_s_whole_intent():
     vectors = unit([1, 0, 0], [1, 0.2, 0], [0.6, 1, 0], [0.5, 1, 0.2], [0, 0, 1])
     index = PrototypeIndex.build(vectors, np.array([0, 0, 1, 1, OUT_OF_SCOPE]), hnsw=False)
     logits = np.array([[5.0, 1.0], [4.0, 2.0], [0.5, 3.0], [-1.0, 6.0], [0.0, 0.0]])
-    intents = np.array([0, 0, 1, 1, -1], dtype=np.int32)
-    lists = neighbour_lists(index, np.arange(5, dtype=np.uint64), _search_depth(intents))
+    lists = neighbour_lists(index, np.arange(5, dtype=np.uint64), _search_depth(index.labels))
     features = _unseen_intent_features(index.labels, logits, [0, 1], lists)
     sims = index.vectors @ index.vectors.T
     assert features.shape == (4, 3)  # the intents' examples only

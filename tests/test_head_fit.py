@@ -93,14 +93,21 @@ def test_blocks_multiply_like_the_stacked_matrix(telecom):
     assert inputs.shape == stacked.shape and head_inputs(vectors, None).shape == vectors.shape
 
 
-def test_warm_start_costs_what_changed(telecom):
-    """From its own optimum a fit stops at once; after two examples are added it needs a few iterations."""
+def _two_examples_added(telecom) -> tuple:
+    """The telecom catalog's in-scope head inputs and targets, its intent count, the rows of two examples of
+    intent 0 that an edit adds, and the mask of the rows before that edit."""
     vectors, rows, labels, n_intents = telecom
     inside = labels != OUT_OF_SCOPE
     inputs, targets = head_inputs(vectors, rows)[inside], labels[inside]
     added = np.flatnonzero(targets == 0)[-2:]
     before = np.ones(len(targets), bool)
     before[added] = False
+    return inputs, targets, n_intents, added, before
+
+
+def test_warm_start_costs_what_changed(telecom):
+    """From its own optimum a fit stops at once; after two examples are added it needs a few iterations."""
+    inputs, targets, n_intents, added, before = _two_examples_added(telecom)
 
     def fit(rows: np.ndarray, init: tuple[np.ndarray, np.ndarray] | None = None):
         penalty = 1.0 / (HEAD_C * rows.sum())
@@ -121,12 +128,7 @@ def test_warm_start_costs_what_changed(telecom):
 def test_tilted_warm_start_learns_only_the_edit(telecom):
     """Tilted by the previous fit's last gradient, a warm fit spends its iterations on the edit alone: fewer
     than one that also shrinks the previous residual, the added rows learnt, the cold tolerance kept."""
-    vectors, rows, labels, n_intents = telecom
-    inside = labels != OUT_OF_SCOPE
-    inputs, targets = head_inputs(vectors, rows)[inside], labels[inside]
-    added = np.flatnonzero(targets == 0)[-2:]
-    before = np.ones(len(targets), bool)
-    before[added] = False
+    inputs, targets, n_intents, added, before = _two_examples_added(telecom)
     everything = np.ones(len(targets), bool)
 
     def fit(rows: np.ndarray, tol: float, init=None, tilt=None):

@@ -25,8 +25,8 @@ from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex, search_on_this_thread_alone
 from gatekeeper.core.lexical import CharNgrams
 from gatekeeper.core.parallel import available_cores, single_threaded_pool
-from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, HeadInputs, HeadScorer, NearestPrototypeScorer,
-                                     Scorer, head_inputs, nearest_similarities, uses_head)
+from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, Head, HeadInputs, HeadScorer,
+                                     NearestPrototypeScorer, Scorer, head_inputs, nearest_similarities, uses_head)
 from gatekeeper.core.thresholds import DEFAULT_MAX_FALSE_REJECT, rate_with_interval, threshold_for_false_reject
 from gatekeeper.embedders.base import Embedder
 
@@ -315,16 +315,17 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
     inputs = head_inputs(index.vectors, lexical_rows)
 
-    def held_out_logits(fold: int, head: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    def held_out_logits(fold: int, head: Head) -> np.ndarray:
         return _intent_logits(inputs[folds == fold], head, n_intents)
 
     if progress:
         progress("fit", 0, CROSS_FIT_FOLDS + 1)
-    intents = np.where(labels != OUT_OF_SCOPE, labels, -1).astype(np.int32)
     with single_threaded_pool(available_cores()) as pool:
-        # The search takes a core while the fits take the other (more fits than cores in a cold build).
+        # The search takes a core while the fits take the other (more fits than cores in a cold build). Deep
+        # enough to leave out a row's pack category, or its whole intent (the labels as groups: a negative's
+        # OUT_OF_SCOPE is -1, no group).
         searched = pool.submit(neighbour_lists, index, text_keys(texts),
-                               max(_search_depth(groups), _search_depth(intents)), previous_neighbours)
+                               max(_search_depth(groups), _search_depth(labels)), previous_neighbours)
         pool.submit(import_solver)
         heads, per_fold = fit_heads(inputs, vocabulary, labels, n_intents, folds, previous, held_out_logits,
                                     on_fitted=partial(progress, "fit") if progress else None, pool=pool)
@@ -354,7 +355,7 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     return scorer, threshold, heads, estimate, neighbours
 
 
-def _intent_logits(inputs: HeadInputs, head: tuple[np.ndarray, np.ndarray], n_intents: int) -> np.ndarray:
+def _intent_logits(inputs: HeadInputs, head: Head, n_intents: int) -> np.ndarray:
     """The intents' logits (n, K) of ``head`` on the rows of ``inputs``
     (:func:`~gatekeeper.core.scoring.head_inputs`)."""
     weights, bias = head
@@ -380,8 +381,8 @@ def _unseen_intent_features(labels: np.ndarray, logits: np.ndarray, own_intents:
     others[np.arange(len(rows)), labels[rows]] = -np.inf
     features = np.zeros((len(rows), 3))
     features[:, 0] = others.max(axis=1)
-    intents = np.where(labels != OUT_OF_SCOPE, labels, -1).astype(np.int32)
-    features[:, 1], features[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids, intents, rows)
+    # The labels are the groups to leave out: each intent's examples one group, a negative's OUT_OF_SCOPE (-1) none.
+    features[:, 1], features[:, 2] = _left_out_from_lists(labels, neighbours.sims, neighbours.ids, labels, rows)
     return features
 
 
@@ -404,28 +405,24 @@ def _search_depth(groups: np.ndarray | None) -> int:
 
 
 def _left_out_from_lists(labels: np.ndarray, sims: np.ndarray, ids: np.ndarray, groups: np.ndarray | None = None,
-                         rows: np.ndarray | None = None, row_ids: np.ndarray | None = None
-                         ) -> tuple[np.ndarray, np.ndarray]:
+                         rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Cosine to the nearest intent example and to the nearest negative of each of ``rows``, as
     :func:`~gatekeeper.core.scoring.nearest_similarities` gives them for a message, with the row itself left
     out of the index and, given ``groups``, every row of its group (-1: no group): the
     :data:`~gatekeeper.core.scoring.SEARCH_K` nearest prototypes that remain are those an index without the
     left-out rows would return. From neighbour lists: ``sims`` and ``ids`` (n, depth) of every row, most
     similar first, id -1 past a list's end, at least :func:`_search_depth` deep (or the whole index).
-
-    ``rows`` selects the lists (default all); ``row_ids`` are those rows' ids in the index when the lists
-    are given for them alone (``rows`` then indexes the lists).
+    ``rows`` selects the rows (default all).
     """
     rows = np.arange(len(ids)) if rows is None else np.asarray(rows)
     if len(rows) == 0:
         return np.zeros(0), np.zeros(0)
     sims, ids = sims[rows], ids[rows]
-    own_ids = rows if row_ids is None else row_ids
     found = ids >= 0
     safe = np.where(found, ids, 0)
-    usable = found & (safe != own_ids[:, None])
+    usable = found & (safe != rows[:, None])
     if groups is not None and (groups >= 0).any():
-        own = groups[own_ids][:, None]
+        own = groups[rows][:, None]
         usable &= (own < 0) | (groups[safe] != own)
     usable &= np.cumsum(usable, axis=1) <= SEARCH_K
     inside = labels[safe] != OUT_OF_SCOPE

@@ -25,6 +25,7 @@ from __future__ import annotations
 import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable
 
@@ -102,9 +103,10 @@ def fit_multinomial(inputs: HeadInputs, targets: np.ndarray, n_classes: int, pen
         start[:-1], start[-1] = init
     shift = None if tilt is None else np.asarray(tilt, dtype=np.float64).ravel()
     workers = max(1, min(workers, len(targets)))
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatekeeper-rows") as pool:
-        objective = (_Objective(inputs, targets, n_classes, penalty) if workers == 1
-                     else _RowBlocks(inputs, targets, n_classes, penalty, pool, workers))
+    with (ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gatekeeper-rows") if workers > 1
+          else nullcontext()) as pool:
+        objective = (_RowBlocks(inputs, targets, n_classes, penalty, pool, workers) if pool
+                     else _Objective(inputs, targets, n_classes, penalty))
         solution, gradient, iterations = _lbfgs(objective if shift is None else _Tilted(objective, shift),
                                                 start.ravel(), tol, max_iter)
     if shift is not None:

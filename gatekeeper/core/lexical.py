@@ -16,7 +16,7 @@ using a built catalog does not import scikit-learn.
 from __future__ import annotations
 
 from itertools import chain
-from typing import Iterable, Iterator, NamedTuple, Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from scipy import sparse
@@ -33,20 +33,7 @@ def char_wb_ngrams(text: str) -> list[str]:
     The same n-grams, in the same order, as scikit-learn's ``char_wb`` analyzer
     with ``ngram_range=NGRAM_RANGE``.
     """
-    return next(_analyse([text]))
-
-
-def _analyse(texts: Iterable[str]) -> Iterator[list[str]]:
-    """:func:`char_wb_ngrams` of each text; each distinct word is cut into n-grams once per call."""
-    words: dict[str, list[str]] = {}
-    for text in texts:
-        grams: list[str] = []
-        for word in text.lower().split():
-            found = words.get(word)
-            if found is None:
-                found = words[word] = _word_ngrams(word)
-            grams += found
-        yield grams
+    return list(chain.from_iterable(_word_ngrams(word) for word in text.lower().split()))
 
 
 def _word_ngrams(word: str) -> list[str]:
