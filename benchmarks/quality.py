@@ -192,10 +192,12 @@ def tuned_metrics(path: Path, embedder, valid: list, test: list, oos: set[str]) 
 
 
 def auto_metrics(path: Path, embedder, test: list, oos: set[str]) -> dict:
-    """``eval`` on test with the catalog's ``auto`` threshold, with what the build estimated (``estimate``)."""
+    """``eval`` on test with the catalog's ``auto`` threshold, with what the build estimated (``estimate``,
+    ``intent_estimate``)."""
     gate = Gate(embedder=embedder).fit(path)
     measured = metrics(score_rows(gate, test, oos, show_progress=False), gate.router_.thresholds.per_intent)
     return {**measured, "estimate": gate.artifacts_.meta.get("auto_estimate"),
+            "intent_estimate": gate.artifacts_.meta.get("intent_estimate"),
             "build_seconds": gate.artifacts_.meta.get("build_seconds")}
 
 
@@ -283,8 +285,9 @@ def run_dataset(key: str, work: Path, embedder, held_out_seeds: int = 1, few_sho
                      "seconds": round(time.perf_counter() - started, 1), **extra})
         print(format_row(rows[-1]), flush=True)
         if values.get("estimate"):
-            print(format_estimate(values["estimate"]), flush=True)
+            print(format_estimate(values["estimate"], values.get("intent_estimate")), flush=True)
             rows[-1]["estimate"] = values["estimate"]
+            rows[-1]["intent_estimate"] = values.get("intent_estimate")
 
     def auto_and_tuned(label: str, name: str, pairs: list, h_valid: list, h_test: list, **extra) -> None:
         started = time.perf_counter()
@@ -354,8 +357,8 @@ def format_row(row: dict) -> str:
     return f"{row['dataset']:<9} {row['mode']:<38} " + " ".join(f"{c:>8}" for c in cells) + f" {row['seconds']:>7}"
 
 
-def format_estimate(estimate: dict) -> str:
-    """The build's ``auto`` estimate as printed under an ``auto`` row."""
+def format_estimate(estimate: dict, intents: dict | None) -> str:
+    """The build's ``auto`` estimate (and intent estimate, if any) as printed under an ``auto`` row."""
     def rate(value: dict | None) -> str:
         return "-" if not value else f"{value['rate']:.3f} [{value['low']:.3f}, {value['high']:.3f}] of {value['n']}"
 
@@ -363,7 +366,7 @@ def format_estimate(estimate: dict) -> str:
             f"{rate(estimate['off_topic_recall'])} (pack {rate(estimate['pack_recall'])}, its topic unseen "
             f"{rate(estimate.get('unseen_topic_recall'))}, examples with their intent unseen "
             f"{rate(estimate.get('unseen_intent_recall'))}, catalog's own "
-            f"{rate(estimate['catalog_out_of_scope_recall'])})")
+            f"{rate(estimate['catalog_out_of_scope_recall'])}); right intent {rate(intents and intents['accuracy'])}")
 
 
 def main() -> None:

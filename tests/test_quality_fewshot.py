@@ -31,6 +31,8 @@ SHOTS = 10
 #: The issue's targets for SMP2017 10-shot with ``auto`` only (docs/quality.md measures AUROC 0.986 and
 #: off-topic recall 0.863 at a false-reject rate of 0.029).
 MAX_FALSE_REJECT, MIN_OOS_RECALL, MIN_AUROC = 0.07, 0.80, 0.97
+#: How far the build's right-intent estimate may be from the test split's in-scope accuracy (measured 0.043).
+MAX_ACCURACY_GAP = 0.08
 
 
 def rows(split: str) -> list[tuple[str, str]]:
@@ -80,16 +82,32 @@ def test_auto_threshold_meets_the_targets_on_a_10_shot_catalog(few_shot_catalog,
     assert measured["auroc"] >= MIN_AUROC
 
 
+def test_the_build_estimates_how_often_the_intent_is_right(few_shot_catalog, use_embedder):
+    """The held-out examples' right-intent rate is near the test split's in-scope accuracy
+    (docs/quality.md: 0.813 estimated, 0.856 on test)."""
+    gate = Gate(embedder=use_embedder).fit(few_shot_catalog)
+    estimate = gate.artifacts_.meta["intent_estimate"]
+    assert estimate["accuracy"]["n"] == SHOTS * 30 and len(estimate["per_intent"]) == 30
+    assert sum(pair["examples"] for pair in estimate["confused"]) == SHOTS * 30 - sum(
+        counts["right"] for counts in estimate["per_intent"].values())
+    measured = metrics(score_rows(gate, rows("test"), {"chat"}, show_progress=False),
+                       gate.router_.thresholds.per_intent)
+    assert abs(estimate["accuracy"]["rate"] - measured["in_scope_accuracy"]) <= MAX_ACCURACY_GAP
+
+
 def test_build_command_prints_the_auto_estimate(few_shot_catalog):
     result = subprocess.run([sys.executable, "-m", "gatekeeper", "build", "--catalog", str(few_shot_catalog)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     line = next(line for line in result.stdout.splitlines() if line.startswith("auto_estimate"))
     assert "in scope refused" in line and "off topic refused" in line and "95%" in line and "pack" in line
+    line = next(line for line in result.stdout.splitlines() if line.startswith("intent_estimate"))
+    assert "right intent for" in line and f"of {SHOTS * 30})" in line and "most confused: " in line
     summary = json.loads(subprocess.run([sys.executable, "-m", "gatekeeper", "build", "--catalog",
                                          str(few_shot_catalog), "--json"], capture_output=True, text=True,
                                         timeout=300).stdout)
     assert summary["auto_estimate"]["threshold"] == pytest.approx(summary["threshold"], abs=1e-4)
+    assert summary["intent_estimate"]["accuracy"]["n"] == SHOTS * 30
 
 
 def test_tune_names_intents_far_above_the_policy(few_shot_catalog):

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
         "lexical_features": meta["lexical_features"],
         "threshold": gate.router_.thresholds.global_threshold, "threshold_source": gate.router_.thresholds.source,
         "tuning": gate.tuning_status_, "auto_estimate": meta.get("auto_estimate"),
+        "intent_estimate": meta.get("intent_estimate"),
         "build_seconds": meta["build_seconds"],
     }
     warnings = [*gate.catalog_.warnings, *([f"tuning stale: {gate.tuning_problem_}"] if gate.tuning_problem_ else [])]
@@ -40,8 +41,11 @@ def run(args: argparse.Namespace) -> int:
         print_json({**summary, "warnings": warnings})
     else:
         from gatekeeper.core.fit import describe_auto_estimate  # loaded with the gate already
+        from gatekeeper.core.intent_estimate import describe_intent_estimate
 
         width = max(map(len, summary))
-        for key, value in {**summary, "auto_estimate": describe_auto_estimate(summary["auto_estimate"])}.items():
+        described = {"auto_estimate": describe_auto_estimate(summary["auto_estimate"]),
+                     "intent_estimate": describe_intent_estimate(summary["intent_estimate"])}
+        for key, value in {**summary, **described}.items():
             print(f"{key:<{width}}  {round(value, 4) if isinstance(value, float) else value}")
     return 0

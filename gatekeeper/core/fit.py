@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, NamedTuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from gatekeeper.catalog.schema import Catalog
 from gatekeeper.core.calibrator import Calibrator, import_solver
 from gatekeeper.core.head_fitting import CROSS_FIT_FOLDS, Heads, fit_heads, fold_ids
 from gatekeeper.core.index import OUT_OF_SCOPE, PrototypeIndex, search_on_this_thread_alone
+from gatekeeper.core.intent_estimate import intent_estimate
 from gatekeeper.core.lexical import CharNgrams
 from gatekeeper.core.parallel import available_cores, single_threaded_pool
 from gatekeeper.core.scoring import (HEAD_MIN_NEGATIVES, SEARCH_K, Head, HeadInputs, HeadScorer,
@@ -37,8 +38,9 @@ if TYPE_CHECKING:
 #: (v2: hash-stable folds, saved heads; v3: n-gram features in the head; v4: out-of-scope pack;
 #: v5: calibrator features with the row left out of the index, pack messages also without their category,
 #: and the ``auto`` estimate; v6: the full head's last gradient and the rows' neighbour lists kept for the next build;
-#: v7: examples with their intent left out as negatives of the ``auto`` calibrator).
-ARTIFACT_VERSION = 7
+#: v7: examples with their intent left out as negatives of the ``auto`` calibrator;
+#: v8: the intent estimate in the meta).
+ARTIFACT_VERSION = 8
 #: Zero-shot ``auto``: at most this share of held-out out-of-scope examples accepted.
 AUTO_NEGATIVES_ACCEPTED = 0.1
 #: Neighbours kept per row beyond what the auto calibration needs (:class:`NeighbourLists`): an edit
@@ -48,6 +50,8 @@ NEIGHBOUR_MARGIN = 8
 #: lacks, in the ``auto`` calibrator's fit (other rows weigh 1). Chosen on CLINC150's and SMP2017's 10-shot
 #: catalogs (docs/quality.md): at full weight these near misses cost SMP2017 a tenth of its OOS recall.
 UNSEEN_INTENT_WEIGHT = 0.2
+#: How the head's held-out logits of the catalog's rows are obtained (said in the build's estimates).
+HELD_OUT_BASIS = f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds)"
 
 #: Called with (stage, done, total): ("embed", texts embedded, catalog texts), first with 0 done,
 #: then ("fit", heads fitted, heads in all).
@@ -170,9 +174,9 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
     own = [i for i, name in enumerate(catalog.intent_names()) if name not in catalog.pack_intents]
     category_ids = {category: number for number, category in enumerate(dict.fromkeys(kept_categories))}
     groups = np.array([-1] * own_rows + [category_ids[category] for category in kept_categories], dtype=np.int32)
-    scorer, auto_threshold, heads, estimate, neighbours = _fit_scorer(
-        index, n_intents, own, prototypes.texts, catalog.scorer.lexical_features, previous, progress, groups,
-        previous_neighbours)
+    fitted = _fit_scorer(index, n_intents, own, prototypes.texts, catalog.scorer.lexical_features, previous,
+                         progress, groups, previous_neighbours)
+    heads = fitted.heads
     meta = {
         "fingerprint": artifact_fingerprint(catalog, embedder),
         "catalog": catalog.name,
@@ -186,15 +190,17 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "pack_dropped": len(pack) - pack_kept,
         "embedded": embedded,
         "index": index.kind,
-        "scorer": scorer.name,
+        "scorer": fitted.scorer.name,
         "lexical_features": heads.vocabulary.size if heads is not None else 0,
-        "auto_threshold": auto_threshold,
-        "auto_estimate": estimate,
+        "auto_threshold": fitted.threshold,
+        "auto_estimate": fitted.estimate,
+        "intent_estimate": None if fitted.held_out_intents is None else intent_estimate(
+            prototypes.labels, fitted.held_out_intents, own, catalog.intent_names(), HELD_OUT_BASIS),
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    return Artifacts(index=index, scorer=scorer, auto_threshold=auto_threshold, meta=meta,
-                     neighbours=neighbours), heads
+    return Artifacts(index=index, scorer=fitted.scorer, auto_threshold=fitted.threshold, meta=meta,
+                     neighbours=fitted.neighbours), heads
 
 
 def _add_pack(prototypes: Prototypes, pack: list[tuple[str, str]], vectors: np.ndarray
@@ -272,12 +278,26 @@ def describe_auto_estimate(estimate: dict | None) -> str:
     return "; ".join(parts) + f" [{estimate['basis']}]"
 
 
+class ScorerFit(NamedTuple):
+    """What :func:`_fit_scorer` fits and derives; the last three are None for nearest-prototype scoring."""
+
+    scorer: Scorer
+    #: The ``auto`` threshold.
+    threshold: float
+    #: :func:`auto_estimate` of that threshold.
+    estimate: dict
+    heads: Heads | None
+    neighbours: NeighbourLists | None
+    #: The intent each index row's held-out logits pick (:data:`HELD_OUT_BASIS`), for :func:`intent_estimate`.
+    held_out_intents: np.ndarray | None
+
+
 def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], texts: list[str],
                 lexical_features: bool, previous: Heads | None, progress: ProgressCallback | None = None,
-                groups: np.ndarray | None = None, previous_neighbours: NeighbourLists | None = None
-                ) -> tuple[Scorer, float, Heads | None, dict, NeighbourLists | None]:
+                groups: np.ndarray | None = None, previous_neighbours: NeighbourLists | None = None) -> ScorerFit:
     """Choose and fit the scorer, and derive the ``auto`` threshold (and :func:`auto_estimate`) from held-out
-    features of the catalog's own rows; also returns the rows' :class:`NeighbourLists` (head scorer only).
+    features of the catalog's own rows; with the head, also the rows' :class:`NeighbourLists` and the intent
+    each row's held-out logits pick.
 
     ``own_intents`` are the ids of the catalog's own intents (not a pack's). ``texts`` are the index's rows
     as text; with ``lexical_features`` the head also gets their character n-grams. ``progress`` hears
@@ -308,8 +328,8 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
         basis = ("nearest prototype: examples left out one at a time" if in_scores is not None else
                  f"nearest prototype: the threshold refuses {1 - AUTO_NEGATIVES_ACCEPTED:.0%} of the negatives")
         basis += f", negatives held out in {CROSS_FIT_FOLDS} folds" if negative_scores is not None else ""
-        return scorer, threshold, None, auto_estimate(threshold, in_scores, negative_scores, from_pack[negative_rows],
-                                                      basis=basis), None
+        return ScorerFit(scorer, threshold, auto_estimate(threshold, in_scores, negative_scores,
+                                                         from_pack[negative_rows], basis=basis), None, None, None)
     folds = fold_ids(texts)
     lexical, lexical_rows = CharNgrams.fit_transform(texts) if lexical_features else (None, None)
     vocabulary = lexical.vocabulary if lexical is not None else np.array([], dtype=str)
@@ -349,10 +369,9 @@ def _fit_scorer(index: PrototypeIndex, n_intents: int, own_intents: list[int], t
     scores = calibrator.probability(features)
     threshold = threshold_for_false_reject(scores[in_scope], DEFAULT_MAX_FALSE_REJECT)
     estimate = auto_estimate(threshold, scores[in_scope], scores[~in_scope], from_pack[~in_scope],
-                             calibrator.probability(unseen),
-                             basis=f"head logits cross-fitted ({CROSS_FIT_FOLDS} folds), cosines with the row left "
-                                   "out", unseen_intent_scores=calibrator.probability(unseen_intent))
-    return scorer, threshold, heads, estimate, neighbours
+                             calibrator.probability(unseen), basis=f"{HELD_OUT_BASIS}, cosines with the row left out",
+                             unseen_intent_scores=calibrator.probability(unseen_intent))
+    return ScorerFit(scorer, threshold, estimate, heads, neighbours, logits.argmax(axis=1))
 
 
 def _intent_logits(inputs: HeadInputs, head: Head, n_intents: int) -> np.ndarray:
