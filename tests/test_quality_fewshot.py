@@ -90,6 +90,9 @@ def test_the_build_estimates_how_often_the_intent_is_right(few_shot_catalog, use
     assert estimate["accuracy"]["n"] == SHOTS * 30 and len(estimate["per_intent"]) == 30
     assert sum(pair["examples"] for pair in estimate["confused"]) == SHOTS * 30 - sum(
         counts["right"] for counts in estimate["per_intent"].values())
+    examples = {intent.name: set(intent.examples) for intent in gate.catalog_.intents}
+    assert all(len(pair["texts"]) == pair["examples"] and set(pair["texts"]) <= examples[pair["intent"]]
+               for pair in estimate["confused"])
     measured = metrics(score_rows(gate, rows("test"), {"chat"}, show_progress=False),
                        gate.router_.thresholds.per_intent)
     assert abs(estimate["accuracy"]["rate"] - measured["in_scope_accuracy"]) <= MAX_ACCURACY_GAP

@@ -195,7 +195,7 @@ def build_artifacts(catalog: Catalog, embedder: Embedder, cache: EmbeddingCache 
         "auto_threshold": fitted.threshold,
         "auto_estimate": fitted.estimate,
         "intent_estimate": None if fitted.held_out_intents is None else intent_estimate(
-            prototypes.labels, fitted.held_out_intents, own, catalog.intent_names(), HELD_OUT_BASIS),
+            prototypes.labels, fitted.held_out_intents, prototypes.texts, own, catalog.intent_names(), HELD_OUT_BASIS),
         "build_seconds": round(time.perf_counter() - started, 3),
         "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -13,7 +13,6 @@ intent's rate, from its 10-20 examples, is a pointer, not a measurement.
 
 from __future__ import annotations
 
-from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -24,16 +23,18 @@ from gatekeeper.core.thresholds import rate_with_interval
 CONFUSED_SHOWN = 5
 
 
-def intent_estimate(labels: np.ndarray, predicted: np.ndarray, own_intents: Sequence[int],
+def intent_estimate(labels: np.ndarray, predicted: np.ndarray, texts: Sequence[str], own_intents: Sequence[int],
                     names: Sequence[str], basis: str) -> dict | None:
     """How often held-out predictions pick each example's own intent (None if the catalog has no examples).
 
-    ``labels`` and ``predicted`` are each row's intent id and the intent its
-    held-out logits pick; only rows of ``own_intents`` (the catalog's, not a
-    pack's) are counted. ``names`` are the intents' names, ``basis`` how the
-    predictions were held out. Returns ``accuracy`` (with its Wilson 95%
-    interval), ``per_intent`` ({name: {"right", "n"}}, catalog order) and
-    ``confused`` (each (intent, picked instead) pair with its count, most first).
+    ``labels``, ``predicted`` and ``texts`` are each row's intent id, the
+    intent its held-out logits pick and its text; only rows of
+    ``own_intents`` (the catalog's, not a pack's) are counted. ``names`` are
+    the intents' names, ``basis`` how the predictions were held out. Returns
+    ``accuracy`` (with its Wilson 95% interval), ``per_intent`` ({name:
+    {"right", "n"}}, catalog order) and ``confused``: each (intent, picked
+    instead) pair with its count and the examples it picked wrongly (the
+    catalog's own texts, to fix or move), most first.
     """
     rows = np.isin(labels, np.asarray(own_intents, dtype=labels.dtype))
     if not rows.any():
@@ -42,10 +43,13 @@ def intent_estimate(labels: np.ndarray, predicted: np.ndarray, own_intents: Sequ
     right = truth == picked
     per_intent = {names[intent]: {"right": int(right[truth == intent].sum()), "n": int((truth == intent).sum())}
                   for intent in own_intents}
-    pairs = Counter(zip(truth[~right].tolist(), picked[~right].tolist()))
-    confused = [{"intent": names[intent], "picked": names[other], "examples": count,
-                 "of": per_intent[names[intent]]["n"]}
-                for (intent, other), count in sorted(pairs.items(), key=lambda item: (-item[1], item[0]))]
+    wrong: dict[tuple[int, int], list[str]] = {}
+    for row, intent, other in zip(np.flatnonzero(rows)[~right].tolist(), truth[~right].tolist(),
+                                  picked[~right].tolist()):
+        wrong.setdefault((intent, other), []).append(texts[row])
+    confused = [{"intent": names[intent], "picked": names[other], "examples": len(examples),
+                 "of": per_intent[names[intent]]["n"], "texts": examples}
+                for (intent, other), examples in sorted(wrong.items(), key=lambda item: (-len(item[1]), item[0]))]
     return {"basis": basis, "accuracy": rate_with_interval(right), "per_intent": per_intent, "confused": confused}
 
 
