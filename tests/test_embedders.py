@@ -136,3 +136,45 @@ def test_query_cache_serves_repeats_and_keeps_only_its_own_rows(use_embedder):
     assert all(vector.base is None and vector.shape == (use_embedder.dim,) for vector in kept)
     np.testing.assert_allclose(cached.encode(texts[1:], is_query=True), batch[1:], atol=1e-6)
     assert cached.dim == use_embedder.dim
+
+
+class _ListEmbedder:
+    """An embedder returning whatever ``make`` builds from the texts (a caller's own embedder, possibly wrong)."""
+
+    def __init__(self, dim: int, make):
+        self.dim, self.fingerprint, self._make, self.calls = dim, f"list:{dim}", make, 0
+
+    def encode(self, texts, *, is_query=False):
+        self.calls += 1
+        return self._make(texts)
+
+
+def test_cache_stores_float32_whatever_the_embedder_returns(tmp_path):
+    wide = _ListEmbedder(4, lambda texts: np.tile(np.array([0.5, 0.5, 0.5, 0.5]), (len(texts), 1)))  # float64
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    first, embedded = cache.encode(wide, ["a", "b"])
+    again, cached = cache.encode(wide, ["a", "b"])
+    assert embedded == 2 and cached == 0 and wide.calls == 1
+    assert first.dtype == again.dtype == np.float32 and again.shape == (2, 4)
+    np.testing.assert_array_equal(first, again)
+
+
+def test_cache_refuses_vectors_of_the_wrong_width_and_stores_nothing(tmp_path):
+    wrong = _ListEmbedder(4, lambda texts: np.ones((len(texts), 3), dtype=np.float32))
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    with pytest.raises(EmbeddingError, match=r"shape \(2, 3\) for 2 texts; it must return \(2, 4\)"):
+        cache.encode(wrong, ["a", "b"])
+    right = _ListEmbedder(4, lambda texts: np.ones((len(texts), 4), dtype=np.float32))
+    _, embedded = cache.encode(right, ["a", "b"])
+    assert embedded == 2
+
+
+def test_cache_embeds_again_a_stored_vector_of_another_width(tmp_path):
+    embedder = _ListEmbedder(4, lambda texts: np.ones((len(texts), 4), dtype=np.float32))
+    cache = EmbeddingCache(tmp_path / "cache.sqlite")
+    # A row written wrongly (as float64 by an older version, say): 8 bytes a value instead of 4.
+    cache._db.execute("INSERT INTO vectors VALUES (?, ?)", (cache.key(embedder.fingerprint, "a"),
+                                                             np.ones(4, dtype=np.float64).tobytes()))
+    vectors, embedded = cache.encode(embedder, ["a"])
+    assert embedded == 1 and vectors.shape == (1, 4)
+    assert cache.encode(embedder, ["a"])[1] == 0  # replaced by the right row
