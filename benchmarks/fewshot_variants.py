@@ -116,7 +116,8 @@ def calibrator_rows(work: Path, embedder, key: str) -> list[dict]:
     pairs = few_shot_pairs(train, oos, SHOTS)
     held, h_valid, h_test, _ = held_out_split(pairs, valid, test, oos, seed=0)
     results: dict[str, dict] = {}
-    for split, (kept, s_valid, s_test) in {"catalog": (pairs, valid, test), "held_out": (held, h_valid, h_test)}.items():
+    splits = {"catalog": (pairs, valid, test), "held_out": (held, h_valid, h_test)}
+    for split, (kept, s_valid, s_test) in splits.items():
         name = f"{key}-features-{split}"
         gate = Gate(embedder=embedder).fit(write_catalog(work, name, document_from_pairs(kept, oos, name)))
         extra = _extra_features(gate, kept, embedder)
