@@ -16,6 +16,7 @@ import unicodedata
 from collections import Counter
 
 import pytest
+import yaml
 
 #: Packs off, so the built-in conversation and off-topic packs cannot move these figures.
 CATALOG = """\
@@ -113,6 +114,18 @@ def test_header_and_every_metric_explained(report):
     for label, meaning in explained.items():
         line = next(line for line in human.splitlines() if line.strip().startswith(label))
         assert f"{summary[key[label]]:.3f}" in line and meaning in line, line
+
+
+def test_in_scope_accuracy_is_set_beside_what_the_build_expected(report):
+    human, expected = report["human"], report["json"]["expected_in_scope_accuracy"]
+    examples = sum(len(intent["examples"]) for intent in yaml.safe_load(CATALOG)["intents"])
+    assert expected["n"] == examples and expected["low"] <= expected["rate"] <= expected["high"]
+    lines = section(human, "quality at these thresholds")
+    assert (f"  the build expected an in-scope accuracy of {expected['rate']:.3f} (95% {expected['low']:.3f}-"
+            f"{expected['high']:.3f}) from the catalog's own examples") in "\n".join(lines)
+    worse = report["json"]["in_scope_accuracy"] < expected["low"]
+    assert any(line.startswith("  this data does worse: its in-scope messages are unlike the examples")
+               for line in lines) == worse
 
 
 def test_per_intent_figures_match_an_independent_count(report):

@@ -84,6 +84,8 @@ def run(args: argparse.Namespace) -> int:
     result["per_intent"] = [asdict(quality) for quality in intents]
     counts = Counter(error.kind for error in errors)
     result["errors"] = {kind: counts[kind] for kind in ERROR_KINDS}
+    estimate = gate.artifacts_.meta.get("intent_estimate")
+    result["expected_in_scope_accuracy"] = estimate["accuracy"] if estimate else None
     if args.errors:
         write_errors(args.errors, errors)
     if args.json:
@@ -91,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _print_header(catalog_path, gate, args.data, len(rows), result)
     _print_metrics(result)
+    _print_expected_accuracy(result["expected_in_scope_accuracy"], result["in_scope_accuracy"])
     _print_intents(intents, result["false_reject_rate"])
     n_in = result["n"] - result["n_oos"]
     _print_errors([e for e in errors if e.kind == FALSE_REJECT], args.show, args.errors,
@@ -176,6 +179,18 @@ def _print_metrics(result: dict) -> None:
     width = max(len(label) for _, label, _ in EXPLAINED_METRICS)
     for key, label, meaning in EXPLAINED_METRICS:
         print(f"  {label:<{width}}  {_number(result[key]):>5}  {meaning}")
+
+
+def _print_expected_accuracy(expected: dict | None, measured: float | None) -> None:
+    """What the build expected of the intent choice (``gatekeeper build``'s ``intent_estimate``) beside this data's
+    in-scope accuracy, with a hint when the data does worse than the examples' interval."""
+    if not expected or measured is None:
+        return
+    print(f"  the build expected an in-scope accuracy of {expected['rate']:.3f} (95% {expected['low']:.3f}-"
+          f"{expected['high']:.3f}) from the catalog's own examples, each scored by a head fitted without it")
+    if measured < expected["low"]:
+        print("  this data does worse: its in-scope messages are unlike the examples; add the ones routed to the "
+              "wrong intent or refused (below) to their intent's examples")
 
 
 def _print_intents(intents: list[IntentQuality], overall_false_reject: float | None) -> None:
