@@ -6,7 +6,7 @@ The intent those held-out logits pick is how the gate would route a message
 like that example, so the build can tell a team how often it picks the
 right intent, which intents it gets wrong most, and which pairs of intents
 its examples blur, on day one and from the catalog alone. docs/quality.md
-("What the build says about intents") compares it with test sets: the
+("Which intent, before any traffic") compares it with test sets: the
 overall rate is within a few points of in-scope accuracy on test; one
 intent's rate, from its 10-20 examples, is a pointer, not a measurement.
 """
