@@ -12,6 +12,8 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 INTENTS = REPO / "intents"
 SHARED_DATA = REPO.parent / "shared" / "data"
+#: The sidecar tests' fixtures (asgi_sidecar, memory_upstream, fake_upstream, start_sidecar), for every test module.
+pytest_plugins = ["tests.server_fixtures"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -1,9 +1,9 @@
 """Fixtures for the sidecar tests: the sidecar in process or on a real uvicorn server, in front of a recording fake
 LLM upstream (:mod:`tests.fake_upstream`) in memory or on loopback.
 
-Import the fixtures into a test module with
-``from tests.server_fixtures import asgi_sidecar, memory_upstream  # noqa: F401``
-(and ``start_sidecar``, ``fake_upstream`` for real sockets).
+``tests/conftest.py`` registers this module as a plugin (``pytest_plugins``),
+so every test module can ask for its fixtures by name without importing them;
+import only the helpers (``chat_body``, ``free_port``, the texts).
 
 * :func:`asgi_sidecar` drives the app in process: Starlette's test client
   (the ``httpx`` API over an ASGI transport), the app's lifespan run (its

@@ -15,7 +15,7 @@ from gatekeeper.errors import UserError
 from gatekeeper.redaction import redact
 from gatekeeper.server.config import resolve_settings
 from gatekeeper.server.decision_log import DecisionLog
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, fake_upstream, start_sidecar  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body
 
 #: A conversation whose latest message the sidecar accepts only as a follow-up (tests/test_server_conversation.py).
 EARLIER, FOLLOW_UP = "我这个月话费怎么扣了这么多", "那另一个呢?"

@@ -30,7 +30,7 @@ from tests.conftest import INTENTS
 from tests.deploy_support import (METRICS, PROMETHEUS_DIR, load_dashboard, panel_queries, require_tool,
                                   substitute_variables)
 from tests.embedding_server import EmbeddingServer
-from tests.server_fixtures import FakeUpstream, fake_upstream, free_port  # noqa: F401 - fake_upstream is a fixture
+from tests.server_fixtures import FakeUpstream, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 

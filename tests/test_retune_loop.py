@@ -41,7 +41,7 @@ import httpx
 import pytest
 
 from tests.conftest import INTENTS
-from tests.server_fixtures import fake_upstream, free_port  # noqa: F401
+from tests.server_fixtures import free_port
 from tests.test_review import Page, browser, read_jsonl, wait_for  # noqa: F401
 from tests.test_server_cli import START_TIMEOUT_S, wait_until
 

@@ -13,13 +13,7 @@ import httpx
 import pytest
 
 from gatekeeper.gate import Gate
-from tests.server_fixtures import (  # noqa: F401
-    asgi_sidecar,
-    chat_body,
-    memory_upstream,
-    start_sidecar,
-    write_catalog,
-)
+from tests.server_fixtures import chat_body, write_catalog
 
 RETURNS = "退货申请"
 HOURS = "营业时间"

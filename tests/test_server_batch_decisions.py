@@ -14,7 +14,7 @@ import pytest
 from gatekeeper.gate import Gate
 from gatekeeper.server.middleware import AccessLogMiddleware, json_problem
 from tests.conftest import INTENTS
-from tests.server_fixtures import asgi_sidecar, chat_body, memory_upstream  # noqa: F401
+from tests.server_fixtures import chat_body
 
 ENCODER_THREAD = "gatekeeper-encoder_0"
 DECIDER_THREAD = "gatekeeper-decider_0"

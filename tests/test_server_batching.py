@@ -12,7 +12,6 @@ import pytest
 
 from gatekeeper.embedders import EmbeddingError
 from gatekeeper.server.batching import MicroBatcher
-from tests.server_fixtures import asgi_sidecar  # noqa: F401
 
 
 class RecordingEmbedder:

@@ -11,16 +11,7 @@ import pytest
 
 from gatekeeper.core.text import detect_language
 from tests.fake_upstream import STREAM_PIECES
-from tests.server_fixtures import (  # noqa: F401
-    OFF_TOPIC,
-    OFF_TOPIC_EN,
-    ON_TOPIC,
-    asgi_sidecar,
-    chat_body,
-    fake_upstream,
-    memory_upstream,
-    start_sidecar,
-)
+from tests.server_fixtures import OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, chat_body
 
 
 @pytest.fixture

@@ -13,15 +13,7 @@ import numpy as np
 import pytest
 
 from gatekeeper.embedders import EmbeddingError
-from tests.server_fixtures import (  # noqa: F401
-    OFF_TOPIC,
-    ON_TOPIC,
-    asgi_sidecar,
-    chat_body,
-    fake_upstream,
-    free_port,
-    memory_upstream,
-)
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, free_port
 
 
 class FailingEmbedder:

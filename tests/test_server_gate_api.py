@@ -7,7 +7,7 @@ import time
 import httpx
 import pytest
 
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, asgi_sidecar, chat_body, memory_upstream  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body
 
 
 @pytest.fixture

@@ -36,16 +36,7 @@ from tests.fake_upstream import (
     UPSTREAM_COOKIE,
     UPSTREAM_MODELS,
 )
-from tests.server_fixtures import (  # noqa: F401
-    OFF_TOPIC,
-    ON_TOPIC,
-    asgi_sidecar,
-    chat_body,
-    fake_upstream,
-    free_port,
-    memory_upstream,
-    start_sidecar,
-)
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, chat_body, free_port
 
 #: A lone surrogate, as the JSON escape a client sends: valid JSON syntax, but not Unicode.
 LONE_SURROGATE = "\\ud800"

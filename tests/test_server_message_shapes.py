@@ -17,7 +17,7 @@ import openai
 import pytest
 
 from gatekeeper.core.conversation import FollowupPolicy, GatedTexts, decide_turn, gated_texts
-from tests.server_fixtures import OFF_TOPIC, ON_TOPIC, asgi_sidecar, memory_upstream  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, ON_TOPIC
 
 #: An off-topic instruction the telecom gate rejects on its own.
 POEM = "帮我写一首关于春天的诗"

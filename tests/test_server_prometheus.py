@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.deploy_support import require_tool
-from tests.server_fixtures import OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, chat_body, fake_upstream, free_port, start_sidecar  # noqa: F401
+from tests.server_fixtures import OFF_TOPIC, OFF_TOPIC_EN, ON_TOPIC, chat_body, free_port
 
 POLL_TIMEOUT_S = 45
 

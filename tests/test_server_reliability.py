@@ -37,19 +37,7 @@ from gatekeeper.server.metrics import Metrics
 from gatekeeper.server.state import GateState
 from tests.conftest import REPO
 from tests.embedding_server import EmbeddingServer
-from tests.server_fixtures import (  # noqa: F401
-    NEW_INTENT,
-    OFF_TOPIC,
-    ON_TOPIC,
-    SHOP,
-    asgi_sidecar,
-    chat_body,
-    fake_upstream,
-    free_port,
-    memory_upstream,
-    start_sidecar,
-    write_catalog,
-)
+from tests.server_fixtures import NEW_INTENT, OFF_TOPIC, ON_TOPIC, SHOP, chat_body, free_port, write_catalog
 
 #: Messages for the telecom catalog whose decisions normal clients check.
 NORMAL = [f"我想查第{i}个月的话费" for i in range(8)] + [ON_TOPIC, OFF_TOPIC, "宽带又断网了", "怎么开通国际漫游",

@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from gatekeeper.gate import Gate
-from tests.server_fixtures import NEW_INTENT, SHOP, asgi_sidecar, chat_body, write_catalog  # noqa: F401
+from tests.server_fixtures import NEW_INTENT, SHOP, chat_body, write_catalog
 
 TOKEN = "test-admin-token"
 

@@ -19,7 +19,7 @@ from gatekeeper.gate import Gate
 from gatekeeper.measure.evaluation import score_rows
 from gatekeeper.measure.tune import Policy, TunePreview, preview
 from gatekeeper.server.decision_log import DecisionLog
-from tests.server_fixtures import fake_upstream, start_sidecar, write_catalog  # noqa: F401
+from tests.server_fixtures import write_catalog
 
 #: A small bilingual shop catalog (builds in about a second).
 SHOP = {
